@@ -1,0 +1,52 @@
+# Two set-up commands: `make demo` and `make test` (see README.md).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU machines take the local CPU wheel of torch; machines with an NVIDIA GPU keep (or get) a CUDA build.
+TORCH_CPU := torch==2.13.0
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: demo test test-fast lint install install-dev clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	@touch $@
+
+$(VENV)/.torch: $(VENV)/.created
+ifeq ($(HAS_GPU),1)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch
+else
+	$(PIP) install --quiet $(TORCH_CPU)
+endif
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/steelforge run --demo
+
+test: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check steelforge tests bench
+	$(PY) -m pytest -q
+
+# inner loop: everything but the slow end-to-end and multi-process tests
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m "not slow and not distributed" -x
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check steelforge tests bench
+	$(VENV)/bin/ruff format --check steelforge tests bench
+
+clean:
+	rm -rf runs .pytest_cache
