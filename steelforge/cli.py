@@ -43,7 +43,7 @@ SetOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the stage's outputs are complete.")]
 
 
-def run_stage(stage: str, recipe, force: bool = False) -> StageReport:  # noqa: ANN001 - Recipe, imported lazily
+def run_stage(stage: str, recipe, force: bool = False) -> StageReport:
     """Run one stage of a loaded recipe, or skip it when its outputs are already complete."""
     module_name, run_name, done_name = STAGE_RUNNERS[stage]
     module = importlib.import_module(module_name)
@@ -57,7 +57,7 @@ def run_stage(stage: str, recipe, force: bool = False) -> StageReport:  # noqa: 
     return report
 
 
-def _load(recipe: str, overrides: list[str] | None):  # noqa: ANN202
+def _load(recipe: str, overrides: list[str] | None):
     from steelforge.recipe import load_recipe
 
     return load_recipe(recipe, overrides or [])
@@ -98,7 +98,7 @@ def run(recipe: RecipeArg = "demo", set_: SetOpt = None, force: ForceOpt = False
     print_table(f"run '{loaded.name}' summary", ["stage", "status"], rows)
 
 
-def _after_run(recipe) -> list[tuple[str, str]]:  # noqa: ANN001
+def _after_run(recipe) -> list[tuple[str, str]]:
     """Post-run extras that are not stages of their own (sampling text from the trained model)."""
     if recipe.pretrain is None:
         return []
@@ -178,7 +178,7 @@ def _mount_subapps() -> None:
     """Tool groups owned by their stages (each module keeps its top-level imports light)."""
     for module_name, attr, name in (
         ("steelforge.data.cli", "data_app", "data"),
-        ("steelforge.data.cli", "store_app", "store"),
+        ("steelforge.data.store_cli", "store_app", "store"),
         ("steelforge.models.cli", "model_app", "model"),
         ("steelforge.infer.cli", "sample_app", "sample"),
     ):
