@@ -161,6 +161,29 @@ def info() -> None:
         print_table(title, ["", ""], rows)
 
 
+@app.command()
+def sample(
+    model_dir: Annotated[str, typer.Argument(help="An exported model folder (e.g. runs/demo/pretrain/hf).")],
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 40,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Generate continuations from a trained model.
+
+    Examples:
+
+      steelforge sample runs/demo/pretrain/hf
+
+      steelforge sample runs/demo/pretrain/hf -p "小明有3个苹果，" --temperature 0.8
+    """
+    from steelforge.infer.sample import DEFAULT_PROMPTS, generate_samples, print_samples
+
+    prompts = tuple(prompt) if prompt else DEFAULT_PROMPTS
+    outputs = generate_samples(model_dir, prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    print_samples(prompts, outputs)
+
+
 @app.command("validate")
 def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Check a recipe without running anything and print it fully resolved.
@@ -180,7 +203,6 @@ def _mount_subapps() -> None:
         ("steelforge.data.cli", "data_app", "data"),
         ("steelforge.data.store_cli", "store_app", "store"),
         ("steelforge.models.cli", "model_app", "model"),
-        ("steelforge.infer.cli", "sample_app", "sample"),
     ):
         try:
             module = importlib.import_module(module_name)
@@ -201,7 +223,7 @@ def main() -> None:
     try:
         app()
     except SteelforgeError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -1,0 +1,67 @@
+"""Sample text from a trained model: the last step of the demo and `steelforge sample`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from steelforge.errors import SteelforgeError
+from steelforge.reporting import console, print_table
+
+# Prompts in the style of the embedded demo corpus (encyclopedic facts, arithmetic, Q&A, code).
+DEFAULT_PROMPTS: tuple[str, ...] = ("小明有3个苹果，", "问：", "The city of", "def ")
+
+
+def generate_samples(
+    model_dir: str | Path,
+    prompts: list[str] | tuple[str, ...] = DEFAULT_PROMPTS,
+    *,
+    max_new_tokens: int = 40,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[str]:
+    """Continue each prompt with the model in `model_dir` (greedy when temperature is 0)."""
+    import torch
+
+    from steelforge.models.loading import load_model
+    from steelforge.tokenizer import load_tokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise SteelforgeError(f"model folder '{model_dir}' has no config.json; pass an exported model folder (e.g. runs/demo/pretrain/hf)")
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_model(str(model_dir))
+    model.eval()
+    torch.manual_seed(seed)
+    outputs = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            )
+        outputs.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    return outputs
+
+
+def print_samples(prompts: list[str] | tuple[str, ...], outputs: list[str]) -> None:
+    rows = [(p, (o.replace("\n", "⏎"))[:120]) for p, o in zip(prompts, outputs, strict=True)]
+    print_table("samples", ["prompt", "continuation"], rows)
+
+
+def sample_after_pretrain(recipe) -> list[tuple[str, str]]:
+    """Demo epilogue: sample from the exported pretrained model and say where it is."""
+    model_dir = recipe.stage_dir("pretrain") / "hf"
+    if not (model_dir / "config.json").is_file():
+        return [("sample", f"no exported model at {model_dir}")]
+    console.rule("[bold]sample")
+    outputs = generate_samples(model_dir, DEFAULT_PROMPTS, seed=recipe.seed)
+    print_samples(DEFAULT_PROMPTS, outputs)
+    return [("sample", f"{len(outputs)} continuations from {model_dir}")]
