@@ -34,7 +34,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/steelforge run --demo
+	$(VENV)/bin/steelforge run demo
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check steelforge tests bench
