@@ -1,0 +1,111 @@
+"""Shared pieces of the deduplicators: shingling and deterministic cluster resolution (union-find).
+
+Clusters are resolved by input position, never by worker or arrival order: every document joins the
+cluster of the earliest document it is connected to, and that earliest document is the one kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import regex
+
+# One token per CJK character (Han, kana, Hangul); everything else splits on whitespace.
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
+_MIXED_TOKENS = regex.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
+_PUNCTUATION = regex.compile(r"\p{P}")
+
+
+def split_on_whitespace(text: str) -> list[str]:
+    """Data-Juicer's space tokenization: pieces between whitespace, empty pieces dropped."""
+    return text.split()
+
+
+def mixed_tokens(text: str) -> list[str]:
+    """Language-aware tokens: each CJK character alone, other scripts by whitespace."""
+    return _MIXED_TOKENS.findall(text)
+
+
+def tokens_for(text: str, tokenization: str, language_aware: bool) -> list[str] | str:
+    """Tokens to shingle: a list of words, or the text itself for character shingles."""
+    if tokenization == "character":
+        return text
+    if tokenization == "punctuation":
+        pieces = _PUNCTUATION.split(text)
+        if not language_aware:
+            return pieces
+        return [tok for piece in pieces for tok in mixed_tokens(piece)]
+    if tokenization == "space":
+        return mixed_tokens(text) if language_aware else split_on_whitespace(text)
+    raise ValueError(f"tokenization must be space, punctuation or character, not '{tokenization}'")
+
+
+def shingles(
+    tokens: list[str] | str, window: int, *, dj_off_by_one: bool, language_aware: bool
+) -> set[bytes]:
+    """Distinct n-gram shingles as UTF-8 bytes.
+
+    `dj_off_by_one` reproduces Data-Juicer's SimHash loop `range(len(tokens) - window)`, which drops the
+    last n-gram (a document of exactly `window` tokens gets none). Language-aware mode shortens the
+    window to the document's length, so only a document without any token has no shingles.
+    """
+    n = len(tokens)
+    if language_aware:
+        window = min(window, n)
+        if window == 0:
+            return set()
+    stop = n - window if dj_off_by_one else n - window + 1
+    joiner = "" if isinstance(tokens, str) else " "
+    return {joiner.join(tokens[i : i + window]).encode("utf-8") for i in range(max(stop, 0))}
+
+
+class UnionFind:
+    """Disjoint sets over positions 0..n-1 whose root is always the smallest position (the kept doc)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            lo, hi = (ra, rb) if ra < rb else (rb, ra)
+            self.parent[hi] = lo
+
+
+def duplicates_from_pairs(ids: Sequence[str], pairs: Iterable[tuple[int, int]]) -> dict[str, str]:
+    """Connected components over matching pairs -> {duplicate id: id of the first document of its cluster}."""
+    uf = UnionFind(len(ids))
+    for a, b in pairs:
+        uf.union(a, b)
+    return duplicates_from_union_find(ids, uf)
+
+
+def duplicates_from_union_find(ids: Sequence[str], uf: UnionFind) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i in range(len(ids)):
+        root = uf.find(i)
+        if root != i:
+            out[ids[i]] = ids[root]
+    return out
+
+
+def first_of_equal_keys(keys: Sequence[object | None]) -> UnionFind:
+    """Union-find joining positions with equal non-None keys (exact matches)."""
+    uf = UnionFind(len(keys))
+    first: dict[object, int] = {}
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        j = first.setdefault(key, i)
+        if j != i:
+            uf.union(j, i)
+    return uf

@@ -1,0 +1,124 @@
+"""Deduplicators: exact, SimHash (Data-Juicer's short-document quirk and its fix), MinHash recall/precision."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from steelforge.data.ops.base import build_op
+from steelforge.data.ops.dedup_common import UnionFind, mixed_tokens, shingles
+from steelforge.data.ops.dedup_simhash import simhash
+
+
+def _dedup(spec: dict, semantics: str, texts: list[str]) -> dict[str, str]:
+    op = build_op(spec, semantics)
+    ids = [f"d{i}" for i in range(len(texts))]
+    return op.find_duplicates(ids, [op.signature(t) for t in texts])
+
+
+def test_exact_dedup_keeps_the_first_copy() -> None:
+    texts = ["a b", "c", "a b", "A B", "c"]
+    assert _dedup({"document_deduplicator": {}}, "language_aware", texts) == {"d2": "d0", "d4": "d1"}
+    lowered = _dedup({"document_deduplicator": {"lowercase": True}}, "language_aware", texts)
+    assert lowered == {"d2": "d0", "d3": "d0", "d4": "d1"}
+
+
+def test_union_find_root_is_the_earliest_position() -> None:
+    uf = UnionFind(6)
+    for a, b in [(5, 3), (3, 4), (4, 1)]:
+        uf.union(a, b)
+    assert [uf.find(i) for i in range(6)] == [0, 1, 2, 1, 1, 1]
+
+
+def test_simhash_majority_vote() -> None:
+    assert simhash([]) == 0
+    assert simhash([0b1011, 0b0011, 0b1000]) == 0b1011
+    assert simhash([1 << 63, 1 << 63, 0]) == 1 << 63
+
+
+SHORT = ["hello world", "完全不同的一句中文。", "another tiny line", "短句子"]
+LONG = " ".join(f"word{i}" for i in range(400))
+_HAN = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+
+
+@pytest.mark.parametrize("semantics", ["data_juicer", "language_aware"])
+def test_simhash_short_document_quirk_and_its_correction(semantics: str) -> None:
+    texts = [*SHORT, LONG, LONG.replace(" word20 ", " other20 "), "一二三四五六七八九十" * 3]
+    dups = _dedup({"document_simhash_deduplicator": {}}, semantics, texts)
+    if semantics == "data_juicer":
+        # Fewer than window_size space tokens: simhash 0 for all, one cluster (Data-Juicer 1.6.1 behaviour).
+        assert {k: v for k, v in dups.items() if k in ("d1", "d2", "d3", "d6")} == {
+            "d1": "d0",
+            "d2": "d0",
+            "d3": "d0",
+            "d6": "d0",
+        }
+    else:
+        assert not {"d0", "d1", "d2", "d3", "d6"} & set(dups)
+    assert dups["d5"] == "d4"  # the real near duplicate is found either way
+
+
+def test_simhash_language_aware_shingles_chinese_by_character() -> None:
+    rng = random.Random(3)
+    base = "".join(rng.choices(_HAN, k=600))
+    near = base[:300] + "晚饭" + base[302:]
+    other = "".join(rng.choices(_HAN, k=600))
+    texts = [base, near, other]
+    assert _dedup({"document_simhash_deduplicator": {}}, "language_aware", texts) == {"d1": "d0"}
+    sig = build_op("document_simhash_deduplicator", "language_aware")
+    assert mixed_tokens("GPT-4 是模型") == ["GPT-4", "是", "模", "型"]
+    assert sig.signature("   ") is None
+
+
+def test_shingles_off_by_one_reproduced_only_for_data_juicer() -> None:
+    tokens = ["a", "b", "c"]
+    assert shingles(tokens, 3, dj_off_by_one=True, language_aware=False) == set()
+    assert shingles(tokens, 3, dj_off_by_one=False, language_aware=True) == {b"a b c"}
+    assert shingles(tokens, 5, dj_off_by_one=False, language_aware=True) == {b"a b c"}
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b)
+
+
+def test_minhash_recall_and_no_merge_of_dissimilar_pairs() -> None:
+    rng = random.Random(7)
+    vocab = [f"w{i}" for i in range(20000)]
+    texts: list[str] = []
+    pairs: list[tuple[int, int]] = []
+    for p in range(160):
+        words = rng.choices(vocab, k=200)
+        edited = list(words)
+        edits = p % 16  # 0..15 changed words: Jaccard of 13-gram sets from 1.0 down to ~0.1
+        for pos in rng.sample(range(200), edits):
+            edited[pos] = rng.choice(vocab)
+        pairs.append((len(texts), len(texts) + 1))
+        texts += [" ".join(words), " ".join(edited)]
+    op = build_op(
+        {"document_minhash_deduplicator": {"window_size": 13, "jaccard_threshold": 0.8}}, "language_aware"
+    )
+    ids = [f"d{i}" for i in range(len(texts))]
+    dups = op.find_duplicates(ids, [op.signature(t) for t in texts])
+    assert all(dups[k] == f"d{int(k[1:]) - 1}" for k in dups), "only within-pair merges"
+    high, low = [], []
+    for a, b in pairs:
+        j = _jaccard(op.shingle_set(texts[a]), op.shingle_set(texts[b]))
+        found = dups.get(f"d{b}") == f"d{a}"
+        if j >= 0.85:
+            high.append(found)
+        elif j < 0.6:
+            low.append(found)
+    assert len(high) >= 20 and len(low) >= 50
+    assert sum(high) / len(high) >= 0.95
+    assert not any(low)
+
+
+def test_minhash_data_juicer_collapses_short_documents_language_aware_does_not() -> None:
+    texts = ["one two", "三四", "five six seven"]
+    spec = {"document_minhash_deduplicator": {"window_size": 5}}
+    assert _dedup(spec, "data_juicer", texts) == {"d1": "d0", "d2": "d0"}
+    assert _dedup(spec, "language_aware", texts) == {}
+    op = build_op(spec, "language_aware")
+    assert op.signature("") is None and op.signature("a b c d e f").dtype == np.uint32
