@@ -176,9 +176,7 @@ def checkpoint_step(path: Path) -> int | None:
 
 def is_complete(path: Path) -> bool:
     return (
-        checkpoint_step(path) is not None
-        and (path / META_FILE).is_file()
-        and (path / ".metadata").is_file()
+        checkpoint_step(path) is not None and (path / META_FILE).is_file() and (path / ".metadata").is_file()
     )
 
 
@@ -404,7 +402,9 @@ class StopSignal:
     def should_stop(self) -> bool:
         flag = self.received is not None
         if dist.is_available() and dist.is_initialized():
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+            device = (
+                torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+            )
             t = torch.tensor([1.0 if flag else 0.0], device=device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = bool(t.item() > 0)

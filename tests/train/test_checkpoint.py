@@ -39,8 +39,13 @@ class TinyLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout),
-                          nn.Linear(2 * dim, dim))
+            nn.Sequential(
+                nn.LayerNorm(dim),
+                nn.Linear(dim, 2 * dim),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(2 * dim, dim),
+            )
             for _ in range(layers)
         )
         self.head = nn.Linear(dim, vocab)
@@ -76,8 +81,13 @@ def make_state(seed: int = 0, dropout: float = 0.1) -> dict:
     model = TinyLM(dropout=dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 5))
-    return {"model": model, "optimizer": opt, "scheduler": sched, "loader": CursorLoader(seed),
-            "trainer": {"step": 0, "tokens": 0}}
+    return {
+        "model": model,
+        "optimizer": opt,
+        "scheduler": sched,
+        "loader": CursorLoader(seed),
+        "trainer": {"step": 0, "tokens": 0},
+    }
 
 
 def train_steps(state: dict, n: int) -> None:
@@ -187,8 +197,13 @@ def _worker_env() -> dict[str, str]:
 
 
 def test_sigkill_while_writing_leaves_previous_checkpoint_loadable(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, str(HERE), "kill-during-save", str(tmp_path)], env=_worker_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE), "kill-during-save", str(tmp_path)],
+        env=_worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     tmp_dir = tmp_path / ".tmp-step_000000002"
     deadline = time.monotonic() + 60
     while not list(tmp_dir.glob("*.distcp")):  # step 2's shards are on disk, its metadata is not
@@ -211,8 +226,17 @@ def test_sigkill_while_writing_leaves_previous_checkpoint_loadable(tmp_path: Pat
 
 @pytest.mark.distributed
 def test_fsdp2_checkpoint_from_two_ranks_loads_in_one_process(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE), "save-fsdp2", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE),
+        "save-fsdp2",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, env=_worker_env(), capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     meta = json.loads((tmp_path / "ckpt" / "step_000000003" / "checkpoint.json").read_text())
@@ -243,8 +267,15 @@ def test_export_hf_loads_with_auto_classes(tmp_path: Path) -> None:
     )
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = Qwen2Config(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = Qwen2ForCausalLM(cfg)
     vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>", *"abcdefghij "])}
     raw = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
@@ -287,7 +318,9 @@ def _save_fsdp2(root: str) -> None:
         fully_shard(block)
     fully_shard(state["model"])
     state["optimizer"] = torch.optim.AdamW(state["model"].parameters(), lr=1e-2, weight_decay=0.1)
-    state["scheduler"] = torch.optim.lr_scheduler.LambdaLR(state["optimizer"], lambda s: min(1.0, (s + 1) / 5))
+    state["scheduler"] = torch.optim.lr_scheduler.LambdaLR(
+        state["optimizer"], lambda s: min(1.0, (s + 1) / 5)
+    )
     state["loader"] = CursorLoader(seed=dist.get_rank())
     train_steps(state, 3)
     Checkpointer(Path(root) / "ckpt").save(3, state)
