@@ -1,0 +1,431 @@
+"""Steel-LLM: a Qwen1.5-style decoder whose FFN is a Soft Mixture of dual-SwiGLU experts.
+
+Standalone on purpose (imports only torch and transformers): an exported checkpoint carries this file and
+`configuration_steel.py` next to its weights, so `AutoModelForCausalLM.from_pretrained(dir,
+trust_remote_code=True)` works without steelforge. Attention, RMSNorm and RoPE are transformers' own Qwen2
+modules (SDPA/eager/flash through `attn_implementation`, RoPE computed in fp32); parameter names match the
+released Steel-LLM checkpoints.
+
+Soft-MoE (Puigcerver et al., 2023, "From Sparse to Soft Mixtures of Experts") dispatch modes, see
+`SteelConfig.softmoe_dispatch`:
+- `sequence`: the released checkpoints' layer, operation for operation. Slots mix every token of the
+  forward call, so a position sees its future: fine for loading those checkpoints, wrong for new training.
+- `causal`: the slot input of position t is the prefix softmax mixture of positions <= t; every position
+  runs the experts on its own slots. Cached decoding carries the running sums (`SteelCache`).
+- `token`: each token alone fills the slots (softmax over expert slots only); no mixing across positions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2RMSNorm, Qwen2RotaryEmbedding
+
+from .configuration_steel import SteelConfig
+
+
+class SteelRMSNorm(Qwen2RMSNorm):
+    """Pre-norm RMSNorm, computed in fp32."""
+
+
+class SteelRotaryEmbedding(Qwen2RotaryEmbedding):
+    """RoPE with `rope_theta` from the config; frequencies and angles in fp32."""
+
+
+class SteelAttention(Qwen2Attention):
+    """GQA attention with bias on Q/K/V only, optional sliding window, any `attn_implementation`."""
+
+
+class SteelMLP(nn.Module):
+    """SwiGLU (`mlp_type: raw`), `intermediate_size // mlp_div_ratio` wide."""
+
+    def __init__(self, config: SteelConfig):
+        super().__init__()
+        hidden, inner = config.hidden_size, config.expert_intermediate_size
+        self.gate_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class SteelSENet(nn.Module):
+    """Steel's dual SwiGLU (`mlp_type: senet`): h = silu(gate_up(x)) * up(x); y = silu(gate_down(h)) * down(h)."""
+
+    def __init__(self, config: SteelConfig):
+        super().__init__()
+        hidden, inner = config.hidden_size, config.expert_intermediate_size
+        self.gate_up_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.gate_down_proj = nn.Linear(inner, hidden, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act_fn(self.gate_up_proj(x)) * self.up_proj(x)
+        return self.act_fn(self.gate_down_proj(h)) * self.down_proj(h)
+
+
+EXPERT_CLASSES = {"raw": SteelMLP, "senet": SteelSENet}
+
+
+def _fp32_softmax(x: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
+    """Softmax over one or several dims in fp32, cast back (as the released Steel-LLM code does)."""
+    dtype = x.dtype
+    x = x.float()
+    e_x = torch.exp(x - torch.amax(x, dim=dim, keepdim=True))
+    return (e_x / e_x.sum(dim=dim, keepdim=True)).to(dtype)
+
+
+def softmoe_states(cache: Cache | None) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per-layer running (numerator, denominator) sums of causal Soft-MoE dispatch, kept on the KV cache."""
+    if cache is None:
+        return None
+    states = getattr(cache, "softmoe_state", None)
+    if states is None:
+        states = {}
+        cache.softmoe_state = states
+    return states
+
+
+class SteelSoftMoE(nn.Module):
+    """Soft-MoE layer: phi [d, n, p] and `scale` score L2-normalised tokens against L2-normalised slot keys."""
+
+    def __init__(self, config: SteelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.dim = config.hidden_size
+        self.num_experts = config.n_experts
+        self.slots_per_expert = config.slots_per_expert
+        self.dispatch = config.softmoe_dispatch
+        self.phi = nn.Parameter(torch.empty(self.dim, self.num_experts, self.slots_per_expert))
+        self.scale = nn.Parameter(torch.ones(1))
+        expert_class = EXPERT_CLASSES[config.mlp_type]
+        self.experts = nn.ModuleList([expert_class(config) for _ in range(self.num_experts)])
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        past_key_values: Cache | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = F.normalize(x, dim=-1)
+        phi = self.scale * F.normalize(self.phi, dim=0)
+        logits = torch.einsum("bmd,dnp->bmnp", x, phi)
+        if self.dispatch == "sequence":
+            return self._sequence(x, logits)
+        if self.dispatch == "token":
+            return self._token(x, logits)
+        return self._causal(x, logits, past_key_values, token_mask)
+
+    def _sequence(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Released Steel-LLM behaviour: dispatch softmax over the tokens of this call, combine over all slots."""
+        dispatch = _fp32_softmax(logits, dim=1)
+        combine = _fp32_softmax(logits, dim=(2, 3))
+        slots = torch.einsum("bmd,bmnp->bnpd", x, dispatch)
+        outs = torch.stack([expert(slots[:, i]) for i, expert in enumerate(self.experts)], dim=1)
+        return torch.einsum("bnpd,bmnp->bmd", outs, combine)
+
+    def _token(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Every token fills all slots itself, so slots of one expert agree and their weights add up."""
+        combine = torch.softmax(logits.flatten(2).float(), dim=-1).to(x.dtype)
+        combine = combine.view(*logits.shape).sum(-1)  # [b, t, n]
+        outs = torch.stack([expert(x) for expert in self.experts], dim=2)  # [b, t, n, d]
+        return torch.einsum("btnd,btn->btd", outs, combine)
+
+    def _causal(
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        past_key_values: Cache | None,
+        token_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Slot inputs at position t: softmax over positions <= t, as running sums carried across calls.
+
+        |logit| <= |scale| because tokens and slot keys are unit vectors, so subtracting |scale| bounds every
+        exponent in [-2|scale|, 0]: stable without a data-dependent max, which keeps each prefix exactly
+        independent of later tokens (and of how the sequence is split into cached calls).
+        """
+        batch, seq, n, p = logits.shape
+        slots = n * p
+        flat = logits.reshape(batch, seq, slots).float()
+        weights = torch.exp(flat - self.scale.detach().abs().float())
+        if token_mask is not None:
+            weights = weights * token_mask.to(weights.dtype).unsqueeze(-1)
+        numer = torch.cumsum(weights.unsqueeze(-1) * x.float().unsqueeze(2), dim=1)  # [b, t, s, d]
+        denom = torch.cumsum(weights, dim=1)  # [b, t, s]
+        states = softmoe_states(past_key_values)
+        if states is not None:
+            if self.layer_idx in states:
+                prev_numer, prev_denom = states[self.layer_idx]
+                numer = numer + prev_numer.unsqueeze(1)
+                denom = denom + prev_denom.unsqueeze(1)
+            states[self.layer_idx] = (numer[:, -1].detach(), denom[:, -1].detach())
+        slot_inputs = (numer / denom.clamp_min(1e-30).unsqueeze(-1)).to(x.dtype)
+        slot_inputs = slot_inputs.view(batch, seq, n, p, self.dim)
+        outs = torch.stack([expert(slot_inputs[:, :, i]) for i, expert in enumerate(self.experts)], dim=2)
+        combine = torch.softmax(flat, dim=-1).to(x.dtype)  # [b, t, s]
+        return torch.einsum("btsd,bts->btd", outs.reshape(batch, seq, slots, self.dim), combine)
+
+
+class SteelDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x)); the FFN is dense or Soft-MoE."""
+
+    def __init__(self, config: SteelConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = SteelAttention(config=config, layer_idx=layer_idx)
+        if config.FFN_type == "softmoe_v3":
+            self.mlp = SteelSoftMoE(config, layer_idx)
+        else:
+            self.mlp = EXPERT_CLASSES[config.mlp_type](config)
+        self.input_layernorm = SteelRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = SteelRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        token_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states, _ = self.self_attn(
+            hidden_states=self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        if isinstance(self.mlp, SteelSoftMoE):
+            hidden_states = self.mlp(hidden_states, past_key_values=past_key_values, token_mask=token_mask)
+        else:
+            hidden_states = self.mlp(hidden_states)
+        return residual + hidden_states
+
+
+class SteelCache(DynamicCache):
+    """DynamicCache that also reorders/selects the causal Soft-MoE running sums (beam search, batching)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.softmoe_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _map_states(self, fn) -> None:
+        self.softmoe_state = {i: (fn(a), fn(b)) for i, (a, b) in self.softmoe_state.items()}
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._map_states(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._map_states(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._map_states(lambda t: t[indices, ...])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if self.softmoe_state and tokens_to_remove:
+            raise ValueError(
+                "causal Soft-MoE running sums cannot be rolled back; assisted decoding is unsupported"
+            )
+        super().crop(tokens_to_remove)
+
+
+class SteelPreTrainedModel(PreTrainedModel):
+    config_class = SteelConfig
+    config: SteelConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules: ClassVar[list[str]] = ["SteelDecoderLayer"]
+    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range) for linears/embeddings (HF default); LeCun normal phi, unit scale."""
+        super()._init_weights(module)
+        if isinstance(module, SteelSoftMoE):
+            init.normal_(module.phi, mean=0.0, std=module.dim**-0.5)
+            init.ones_(module.scale)
+
+
+class SteelModel(SteelPreTrainedModel):
+    def __init__(self, config: SteelConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [SteelDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = SteelRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = SteelRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.has_sliding_layers = "sliding_attention" in config.layer_types
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        output_hidden_states = bool(output_hidden_states)
+        kwargs.pop("return_dict", None)
+        kwargs.pop("output_attentions", None)
+
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = SteelCache(config=self.config)
+        if position_ids is None:
+            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
+            position_ids = position_ids.unsqueeze(0)
+
+        token_mask = None
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            token_mask = attention_mask[:, -inputs_embeds.shape[1] :]
+
+        if not isinstance(mask_mapping := attention_mask, dict):
+            mask_kwargs = {
+                "config": self.config,
+                "inputs_embeds": inputs_embeds,
+                "attention_mask": attention_mask,
+                "past_key_values": past_key_values,
+                "position_ids": position_ids,
+            }
+            mask_mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
+            if self.has_sliding_layers:
+                mask_mapping["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden_states: tuple[torch.Tensor, ...] = ()
+        for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=mask_mapping[self.config.layer_types[i]],
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                position_embeddings=position_embeddings,
+                token_mask=token_mask,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states or None,
+        )
+
+
+class SteelForCausalLM(SteelPreTrainedModel, GenerationMixin):
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SteelConfig):
+        super().__init__(config)
+        self.model = SteelModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """Use `SteelCache` where generate would build a plain DynamicCache (it carries the Soft-MoE sums)."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("past_key_values")
+        if type(cache) is DynamicCache and cache.get_seq_length() == 0:
+            model_kwargs["past_key_values"] = SteelCache(config=self.config.get_text_config(decoder=True))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+            )
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+__all__ = ["SteelCache", "SteelForCausalLM", "SteelModel", "SteelPreTrainedModel"]
