@@ -1,0 +1,181 @@
+"""Character-level normalisation mappers: Unicode repair, punctuation, whitespace, script conversion."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+from steelforge.data.ops._dj_tables import DJ_PUNCTUATION_MAP, DJ_WHITESPACE_RANGES
+from steelforge.data.ops._text import HAN_CLASS, KANA_CLASS, check_semantics, count_matches, is_chinese
+from steelforge.data.ops.base import Mapper, Semantics, register_op
+
+NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD")
+
+# Full-width ASCII letters and digits (Ａ-Ｚ, ａ-ｚ, ０-９) folded to ASCII; full-width punctuation is left alone.
+_FULLWIDTH_ALNUM = {
+    **{0xFF10 + i: ord("0") + i for i in range(10)},
+    **{0xFF21 + i: ord("A") + i for i in range(26)},
+    **{0xFF41 + i: ord("a") + i for i in range(26)},
+}
+
+
+@register_op("fix_unicode_mapper")
+class FixUnicodeMapper(Mapper):
+    """Repair mojibake and normalise Unicode with ftfy.
+
+    - `data_juicer`: `ftfy.fix_text(text, normalization=...)` with ftfy's full defaults, which also fold
+      full-width characters to ASCII (，：（）；？！～％ become ASCII, U+3000 a space) and straighten curly
+      quotes (“” become "); 。 and 、 stay. In code it also drops `\\r` and the BOM.
+    - `language_aware`: the same repairs without `fix_character_width` and `uncurl_quotes`, so Chinese
+      punctuation and quotes stay as written; full-width Latin letters and digits are still folded.
+    """
+
+    def __init__(self, normalization: str | None = None, semantics: Semantics = "language_aware") -> None:
+        super().__init__(semantics=check_semantics(semantics))  # type: ignore[arg-type]
+        self.normalization = (normalization or "NFC").upper()
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {normalization!r}"
+            )
+        self._config: Any = None
+
+    def _fixer_config(self) -> Any:
+        if self._config is None:
+            import ftfy
+
+            extra = (
+                {}
+                if self.semantics == "data_juicer"
+                else {"fix_character_width": False, "uncurl_quotes": False}
+            )
+            self._config = ftfy.TextFixerConfig(normalization=self.normalization, **extra)
+        return self._config
+
+    def map_text(self, text: str) -> str:
+        import ftfy
+
+        fixed = ftfy.fix_text(text, config=self._fixer_config())
+        if self.semantics == "data_juicer":
+            return fixed
+        return fixed.translate(_FULLWIDTH_ALNUM)
+
+
+_ZH_KEEP = frozenset("，。、《》「」：？！（）；～％【】〈〉…—．“”’")
+
+
+@register_op("punctuation_normalization_mapper")
+class PunctuationNormalizationMapper(Mapper):
+    """Map Unicode punctuation to ASCII with BigScience's table.
+
+    - `data_juicer`: the table as is, for every document: 《》「」 become `"`, "—" becomes " - ", and the
+      full-width digit "１" becomes `"` (a bug of the original table).
+    - `language_aware`: Chinese documents (script check, see `is_chinese`) keep their punctuation
+      (，。、《》「」：？！（）；～％【】〈〉…—．“”’); only stray Western marks („ ´ ∶ ━ ►) are normalised.
+      Other documents get the whole table. In both cases "１" becomes "1".
+    """
+
+    def __init__(self, semantics: Semantics = "language_aware") -> None:
+        super().__init__(semantics=check_semantics(semantics))  # type: ignore[arg-type]
+        self._dj_table = str.maketrans(DJ_PUNCTUATION_MAP)
+        fixed = {**DJ_PUNCTUATION_MAP, "\uff11": "1"}
+        self._other_table = str.maketrans(fixed)
+        self._zh_table = str.maketrans({k: v for k, v in fixed.items() if k not in _ZH_KEEP})
+
+    def map_text(self, text: str) -> str:
+        if self.semantics == "data_juicer":
+            return text.translate(self._dj_table)
+        return text.translate(self._zh_table if is_chinese(text) else self._other_table)
+
+
+_DJ_WHITESPACE_TABLE = {cp: " " for lo, hi in DJ_WHITESPACE_RANGES for cp in range(lo, hi + 1)}
+_AWARE_WHITESPACE_TABLE = {
+    **{cp: " " for cp in (0x84, 0xA0, 0x202F, 0x205F, 0x3000, *range(0x2000, 0x200B))},
+    **{cp: None for cp in (0x200B, 0x2060, 0xFEFF, 0xFFFC)},
+}
+
+
+@register_op("whitespace_normalization_mapper")
+class WhitespaceNormalizationMapper(Mapper):
+    """Strip both ends and normalise exotic whitespace to a plain space (newlines are kept).
+
+    - `data_juicer`: tab, NBSP, U+2000-U+200D (zero-width space and joiners included), U+202F, U+205F,
+      U+2060, U+3000, U+FFFC and U+0084 all become a space.
+    - `language_aware`: the visible spaces (NBSP, U+2000-U+200A, U+202F, U+205F, U+3000, U+0084) become a
+      space; invisible ones (ZWSP, word joiner, BOM, U+FFFC) are removed instead of turning into spaces
+      inside Chinese text; tab (code indentation) and the joiners U+200C/U+200D (emoji sequences,
+      Indic and Persian script) are kept.
+    """
+
+    def __init__(self, semantics: Semantics = "language_aware") -> None:
+        super().__init__(semantics=check_semantics(semantics))  # type: ignore[arg-type]
+        self._table = _DJ_WHITESPACE_TABLE if semantics == "data_juicer" else _AWARE_WHITESPACE_TABLE
+
+    def map_text(self, text: str) -> str:
+        return text.strip().translate(self._table)
+
+
+@register_op("remove_specific_chars_mapper")
+class RemoveSpecificCharsMapper(Mapper):
+    """Delete every occurrence of the given characters (default: decorative bullets and shapes).
+
+    Language-neutral, so both semantics behave alike: a list of strings contributes all its characters.
+    """
+
+    def __init__(
+        self, chars_to_remove: str | list[str] = "◆●■►▼▲▴∆▻▷❖♡□", semantics: Semantics = "language_aware"
+    ) -> None:
+        super().__init__(semantics=check_semantics(semantics))  # type: ignore[arg-type]
+        chars = "".join(chars_to_remove) if chars_to_remove else ""
+        self._table = dict.fromkeys(map(ord, chars))
+
+    def map_text(self, text: str) -> str:
+        return text.translate(self._table) if self._table else text
+
+
+CHINESE_CONVERT_MODES = (
+    "s2t", "t2s", "s2tw", "tw2s", "s2hk", "hk2s", "s2twp", "tw2sp", "t2tw", "tw2t", "hk2t", "t2hk", "t2jp", "jp2t",
+)  # fmt: skip
+_CONVERTERS: dict[str, Any] = {}
+_CONVERTERS_LOCK = threading.Lock()
+_HAN = re.compile(f"[{HAN_CLASS}]+")
+_KANA = re.compile(f"[{KANA_CLASS}]+")
+JAPANESE_KANA_SHARE = 0.1
+
+
+def opencc_converter(mode: str) -> Any:
+    """One OpenCC converter per mode and process (building one reads its dictionaries)."""
+    with _CONVERTERS_LOCK:
+        if mode not in _CONVERTERS:
+            import opencc
+
+            _CONVERTERS[mode] = opencc.OpenCC(f"{mode}.json")
+        return _CONVERTERS[mode]
+
+
+@register_op("chinese_convert_mapper")
+class ChineseConvertMapper(Mapper):
+    """Convert between Simplified, Traditional (Taiwan, Hong Kong) Chinese and Japanese kanji with OpenCC.
+
+    - `data_juicer`: every document is converted.
+    - `language_aware`: Japanese documents (kana at least 10% of the Han + kana characters) are left
+      alone unless the mode is a Japanese one (`t2jp`, `jp2t`), since Chinese conversion would rewrite
+      their kanji; documents without Han characters are returned without calling OpenCC.
+    """
+
+    def __init__(self, mode: str = "s2t", semantics: Semantics = "language_aware") -> None:
+        super().__init__(semantics=check_semantics(semantics))  # type: ignore[arg-type]
+        if mode not in CHINESE_CONVERT_MODES:
+            raise ValueError(f"mode must be one of {', '.join(CHINESE_CONVERT_MODES)}, not {mode!r}")
+        self.mode = mode
+        opencc_converter(mode)
+
+    def map_text(self, text: str) -> str:
+        if self.semantics == "language_aware":
+            han = count_matches(_HAN, text)
+            if not han:
+                return text
+            kana = count_matches(_KANA, text)
+            if "jp" not in self.mode and kana >= JAPANESE_KANA_SHARE * (han + kana):
+                return text
+        return opencc_converter(self.mode).convert(text)
