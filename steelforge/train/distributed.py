@@ -1,0 +1,221 @@
+"""Process group, device mesh and `parallelize(model, mesh, cfg)`: parallelism outside the model files.
+
+Order (torchtitan's): activation checkpointing -> per-block `torch.compile` -> `fully_shard` per decoder
+block, then the root (embeddings, final norm, head). Models follow the Hugging Face causal-LM layout
+(blocks in `model.model.layers`). On one process nothing is sharded (replicate-only): bf16 then runs
+under autocast with fp32 weights, the same arithmetic as FSDP's `MixedPrecisionPolicy`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+from steelforge.errors import RecipeError
+from steelforge.reporting import console
+from steelforge.train.config import ParallelConfig, SpeedConfig
+
+
+@dataclass
+class DistEnv:
+    """Where this process stands: rank, world size, its device and the data-parallel mesh (None alone)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: DeviceMesh | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(cfg: ParallelConfig | None = None) -> DistEnv:
+    """Join the process group torchrun describes in the environment (rendezvous included); alone otherwise.
+
+    The backend is NCCL on GPUs and gloo on CPU, so the distributed path runs in CPU tests.
+    """
+    cfg = cfg or ParallelConfig()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = build_mesh(cfg, world, device) if world > 1 else None
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device, mesh=mesh)
+
+
+def build_mesh(cfg: ParallelConfig, world_size: int, device: torch.device) -> DeviceMesh | None:
+    """1-D mesh for FSDP; 2-D (replicate x shard) for HSDP; None for replicate-only."""
+    mode = cfg.data_parallel
+    if mode == "none" or world_size == 1:
+        return None
+    if mode == "hsdp":
+        replicas = cfg.hsdp_replicas or max(1, world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+        if world_size % replicas:
+            raise RecipeError(
+                f"'pretrain.parallel.hsdp_replicas' = {replicas} does not divide the world size {world_size}; "
+                "pick a divisor (usually the number of nodes)"
+            )
+        return init_device_mesh(
+            device.type, (replicas, world_size // replicas), mesh_dim_names=("dp_replicate", "dp_shard")
+        )
+    return init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp_shard",))
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of an HF causal LM (`model.model.layers`)."""
+    body = getattr(model, "model", None)
+    layers = getattr(body, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise RecipeError(
+            f"model class {type(model).__name__} has no 'model.layers' block list; "
+            "use an HF causal-LM architecture (Qwen2, Mistral, Llama, Steel)"
+        )
+    return layers
+
+
+def set_attention(model: nn.Module, kind: str) -> None:
+    """Select the attention kernel through the HF config ('sdpa' or 'eager')."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(kind)
+        else:
+            config._attn_implementation = kind
+
+
+def apply_liger(model: nn.Module, mode: str) -> bool:
+    """Swap RMSNorm/RoPE/SwiGLU for Liger's Triton kernels on CUDA; False (PyTorch kept) otherwise."""
+    if mode == "off":
+        return False
+    from steelforge.train.losses import liger_available
+
+    if not liger_available():
+        if mode == "on":
+            console.print("[yellow]Liger kernels need CUDA and the 'liger-kernel' package; using PyTorch kernels[/]")
+        return False
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+    return True
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str, every: int = 1) -> int:
+    """Wrap blocks in non-reentrant activation checkpointing: all (`full`) or every k-th (`every_k`)."""
+    if mode == "none":
+        return 0
+    layers = decoder_blocks(model)
+    step = 1 if mode == "full" else every
+    wrapped = 0
+    for i, block in enumerate(layers):
+        if i % step == 0:
+            layers[i] = checkpoint_wrapper(block, preserve_rng_state=True)
+            wrapped += 1
+    return wrapped
+
+
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
+    """Compile each block separately: short compile times, and FSDP hooks stay outside the graphs."""
+    layers = decoder_blocks(model)
+    for i, block in enumerate(layers):
+        layers[i] = torch.compile(block, backend=backend, dynamic=False)
+
+
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, *, precision: str, reshard_after_forward: bool = True) -> None:
+    """`fully_shard` every block, then the root; bf16 compute with fp32 reduction and fp32 master weights."""
+    mp = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16 if precision == "bf16" else None,
+        reduce_dtype=torch.float32,
+    )
+    layers = decoder_blocks(model)
+    last = len(layers) - 1
+    for i, block in enumerate(layers):
+        # The last block's parameters are needed again at once by backward: keep them gathered.
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward and i < last)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+
+
+def _forward_hidden(self: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+
+
+def install_forward_hidden(model: nn.Module) -> None:
+    """Give the root a `forward_hidden(input_ids, position_ids)` that FSDP treats as a forward.
+
+    Losses that fuse the head with the cross-entropy need the final hidden states and `lm_head.weight`
+    rather than logits; calling `model.model` directly would skip the root's FSDP hooks.
+    """
+    model.forward_hidden = types.MethodType(_forward_hidden, model)
+    register_fsdp_forward_method(model, "forward_hidden")
+
+
+def parallelize(model: nn.Module, mesh: DeviceMesh | None, speed: SpeedConfig, parallel: ParallelConfig) -> nn.Module:
+    """Apply the speed switches and data parallelism in torchtitan's order; returns the same model."""
+    set_attention(model, speed.attention)
+    apply_liger(model, speed.liger)
+    apply_activation_checkpointing(model, speed.activation_checkpointing, speed.ac_every)
+    if speed.compile:
+        apply_compile(model, speed.compile_backend)
+    if mesh is not None:
+        apply_fsdp(model, mesh, precision=speed.precision, reshard_after_forward=parallel.reshard_after_forward)
+    install_forward_hidden(model)
+    return model
+
+
+def uses_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def autocast_context(model: nn.Module, precision: str, device: torch.device):
+    """bf16 autocast for the replicate-only path; FSDP's MixedPrecisionPolicy already casts otherwise."""
+    import contextlib
+
+    if precision == "bf16" and not uses_fsdp(model):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def materialize(model: nn.Module, device: torch.device, seed: int) -> None:
+    """Allocate a meta-device model (already sharded when FSDP was applied) and initialise it.
+
+    Each rank allocates only its shards; HF's `initialize_weights` then fills parameters (DTensor
+    shards included) and recomputes the rotary buffers that `to_empty` left uninitialised.
+    """
+    model.to_empty(device=device)
+    for module in model.modules():
+        module.__dict__.pop("_is_hf_initialized", None)
+        for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            if hasattr(tensor, "_is_hf_initialized"):
+                del tensor._is_hf_initialized
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.initialize_weights()
