@@ -13,8 +13,8 @@ Stable API (used by the CLI, `steelforge data compare` and the benchmarks):
 - `print_summary(result)`: the per-operator table.
 
 Output layout under `out_dir`: `kept/*.jsonl.zst` (`{"id","text","source","meta"}`, input order),
-`rejected/*.jsonl.zst` (`{"id","source","op","stat","value","min","max","duplicate_of","text"}`, the
-fields that apply), `errors.jsonl`, `stats.json`, `_SUCCESS` (recipe fingerprint) and `work/`
+`rejected/*.jsonl.zst` (`{"id","source","op","op_index","stat","value","min","max","duplicate_of",
+"text"}`, the fields that apply; `op_index` is the operator's position in `process`), `errors.jsonl`, `stats.json`, `_SUCCESS` (recipe fingerprint) and `work/`
 (per-file completion markers and intermediate shards).
 
 Execution: the process list is cut at each deduplicator. Each piece streams input files in order,
@@ -135,9 +135,9 @@ class BatchResult:
     chars_out: int = 0
 
 
-def rejection(doc: dict[str, Any], op: Op, detail: dict[str, Any]) -> dict[str, Any]:
-    """A rejected-document record: who rejected it and why, then the text."""
-    record: dict[str, Any] = {"id": doc["id"], "source": doc.get("source"), "op": op.name}
+def rejection(doc: dict[str, Any], op: Op, index: int, detail: dict[str, Any]) -> dict[str, Any]:
+    """A rejected-document record: who rejected it (name and position in `process`) and why, then the text."""
+    record: dict[str, Any] = {"id": doc["id"], "source": doc.get("source"), "op": op.name, "op_index": index}
     record.update(detail)
     record["text"] = doc["text"]
     return record
@@ -174,7 +174,7 @@ class BatchRunner:
                     alive.append(doc)
                 else:
                     rejected.append(
-                        rejection(doc, dedup, {"stat": "duplicate", "duplicate_of": duplicate_of})
+                        rejection(doc, dedup, index, {"stat": "duplicate", "duplicate_of": duplicate_of})
                     )
             chars_in = sum(len(d["text"]) for d, _ in batch)
             stats[index] = [len(batch), len(alive), chars_in, sum(len(d["text"]) for d in alive), 0.0]
@@ -197,7 +197,7 @@ class BatchRunner:
                     if self._call(op, doc, op.keep, op_stats):
                         survivors.append(doc)
                     else:
-                        rejected.append(rejection(doc, op, op.explain(op_stats)))
+                        rejected.append(rejection(doc, op, index, op.explain(op_stats)))
                 alive = survivors
             else:
                 raise TypeError(

@@ -103,7 +103,7 @@ def test_every_row_ends_in_one_place_with_its_reason(tmp_path: Path) -> None:
     assert kept[0] == {"id": "a1", "text": "hello world ", "source": "web"}
     rejected = {r["id"]: r for p in result.rejected_paths for r in iter_records(p)}
     assert rejected["a2"] == {
-        "id": "a2", "source": "web", "op": "test_pipeline_min_length_filter",
+        "id": "a2", "source": "web", "op": "test_pipeline_min_length_filter", "op_index": 1,
         "stat": "text_len", "value": 4, "min": 5, "max": None, "text": "tiny",
     }  # fmt: skip
     assert rejected["a4"]["op"] == "document_deduplicator" and rejected["a4"]["duplicate_of"] == "a1"
