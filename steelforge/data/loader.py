@@ -84,7 +84,9 @@ def position_ids_for(length: int, doc_starts: np.ndarray) -> np.ndarray:
 def open_stores(stores: str | Path | Sequence[str | Path]) -> list[TokenStore]:
     paths = [stores] if isinstance(stores, str | Path) else list(stores)
     if not paths:
-        raise DataError("no token store given; pass a store folder (the pack stage's output) or a list of them")
+        raise DataError(
+            "no token store given; pass a store folder (the pack stage's output) or a list of them"
+        )
     opened = [TokenStore(p) for p in paths]
     first = opened[0]
     for other in opened[1:]:
@@ -109,13 +111,17 @@ def _as_phases(phases: Sequence[Any] | None, seq_len: int, mixture: dict[str, fl
         if isinstance(p, Phase):
             out.append(p)
         elif isinstance(p, dict):
-            out.append(Phase(p.get("until_tokens"), int(p.get("seq_len") or seq_len), p.get("mixture", mixture)))
+            out.append(
+                Phase(p.get("until_tokens"), int(p.get("seq_len") or seq_len), p.get("mixture", mixture))
+            )
         elif isinstance(p, Sequence) and len(p) in (2, 3):
             until, length = p[0], p[1]
             mix = p[2] if len(p) == 3 else mixture
             out.append(Phase(None if until is None else int(until), int(length or seq_len), mix))
         else:
-            raise DataError(f"phase {i} = {p!r} is not (until_tokens, seq_len, mixture) or a dict with those keys")
+            raise DataError(
+                f"phase {i} = {p!r} is not (until_tokens, seq_len, mixture) or a dict with those keys"
+            )
     return out
 
 
@@ -144,9 +150,13 @@ class TokenLoader:
         tokenizer_fingerprint: str | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
-            raise DataError(f"rank {rank} is outside world size {world_size}; rank must be in [0, world_size)")
+            raise DataError(
+                f"rank {rank} is outside world size {world_size}; rank must be in [0, world_size)"
+            )
         if micro_batch_size < 1 or grad_accum < 1:
-            raise DataError(f"micro_batch_size ({micro_batch_size}) and grad_accum ({grad_accum}) must be at least 1")
+            raise DataError(
+                f"micro_batch_size ({micro_batch_size}) and grad_accum ({grad_accum}) must be at least 1"
+            )
         self.store_paths = [str(p) for p in ([stores] if isinstance(stores, str | Path) else stores)]
         self.micro_batch_size = micro_batch_size
         self.grad_accum = grad_accum
@@ -181,7 +191,9 @@ class TokenLoader:
     # ---- state -----------------------------------------------------------------------------------
     def _new_sampler(self) -> GlobalSampler:
         tokens = {name: s.tokens for name, s in self._streams.items()}
-        return GlobalSampler(tokens, global_batch_size=self.global_batch_size, phases=self.phases, seed=self.seed)
+        return GlobalSampler(
+            tokens, global_batch_size=self.global_batch_size, phases=self.phases, seed=self.seed
+        )
 
     def _restore_sampler(self, state: dict[str, Any]) -> GlobalSampler:
         sampler = self._new_sampler()
@@ -204,7 +216,9 @@ class TokenLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly after the batch that `state` was taken after."""
         if state.get("version") != LOADER_STATE_VERSION:
-            raise DataError(f"loader state version {state.get('version')} is not {LOADER_STATE_VERSION}; it comes from another release")
+            raise DataError(
+                f"loader state version {state.get('version')} is not {LOADER_STATE_VERSION}; it comes from another release"
+            )
         if state["micro"] and state["world_size"] != self.world_size:
             raise DataError(
                 f"the checkpoint was taken mid-accumulation (micro-batch {state['micro']} of {self.grad_accum}) with world size "
@@ -218,7 +232,9 @@ class TokenLoader:
 
     def _check_stores(self, recorded: list[list[Any]]) -> None:
         if len(recorded) != len(self._stores):
-            raise DataError(f"the checkpoint read {len(recorded)} store(s) but {len(self._stores)} are given; pass the same stores")
+            raise DataError(
+                f"the checkpoint read {len(recorded)} store(s) but {len(self._stores)} are given; pass the same stores"
+            )
         for store, (n_shards, fingerprint) in zip(self._stores, recorded, strict=True):
             if n_shards == len(store.shards) and fingerprint == store.fingerprint():
                 continue
@@ -229,7 +245,9 @@ class TokenLoader:
                 )
             problems = store.verify()  # shards were appended: hash everything once
             if problems:
-                raise DataError(f"token store '{store.path}' fails verification: {problems[0]}; restore that shard")
+                raise DataError(
+                    f"token store '{store.path}' fails verification: {problems[0]}; restore that shard"
+                )
 
     # ---- iteration -------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -252,7 +270,9 @@ class TokenLoader:
             self._state = json.loads(batch.pop(_STATE_KEY))
             yield batch
 
-    def _generate(self, state: dict[str, Any], worker: int, n_workers: int) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    def _generate(
+        self, state: dict[str, Any], worker: int, n_workers: int
+    ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         """(micro-batch, state after it) from `state` on; worker `w` of `n` builds every n-th batch."""
         sampler = self._restore_sampler(state)
         skip = int(state["micro"])
@@ -267,7 +287,11 @@ class TokenLoader:
             for a in range(skip, self.grad_accum):
                 if counter % n_workers == worker:
                     micro = mine[a * self.micro_batch_size : (a + 1) * self.micro_batch_size]
-                    nxt = self._pack_state(step_state, a + 1) if a + 1 < self.grad_accum else self._pack_state(after_step, 0)
+                    nxt = (
+                        self._pack_state(step_state, a + 1)
+                        if a + 1 < self.grad_accum
+                        else self._pack_state(after_step, 0)
+                    )
                     yield self._collate(micro, seq_len), nxt
                 counter += 1
             skip = 0
@@ -281,7 +305,10 @@ class TokenLoader:
             rows[j] = stream.read(start, seq_len + 1)
             if positions is not None:
                 positions[j] = position_ids_for(seq_len, stream.doc_starts(start, start + seq_len))
-        out = {"input_ids": torch.from_numpy(rows[:, :-1].copy()), "labels": torch.from_numpy(rows[:, 1:].copy())}
+        out = {
+            "input_ids": torch.from_numpy(rows[:, :-1].copy()),
+            "labels": torch.from_numpy(rows[:, 1:].copy()),
+        }
         if positions is not None:
             out["position_ids"] = torch.from_numpy(positions)
         return out
@@ -308,4 +335,11 @@ def store_fingerprints(stores: str | Path | Sequence[str | Path]) -> list[str]:
     return [s.fingerprint() for s in open_stores(stores)]
 
 
-__all__ = ["SourceStream", "TokenLoader", "open_stores", "position_ids_for", "source_streams", "store_fingerprints"]
+__all__ = [
+    "SourceStream",
+    "TokenLoader",
+    "open_stores",
+    "position_ids_for",
+    "source_streams",
+    "store_fingerprints",
+]

@@ -52,9 +52,16 @@ class StoreWriter:
         if source not in self._buffers:
             stem = shard_stem(source, 0)
             if stem in self._stems:
-                raise DataError(f"sources '{self._stems[stem]}' and '{source}' map to the same shard names; rename one")
+                raise DataError(
+                    f"sources '{self._stems[stem]}' and '{source}' map to the same shard names; rename one"
+                )
             self._stems[stem] = source
-            self._buffers[source], self._lengths[source], self._starts[source], self._count[source] = [], 0, [], 0
+            self._buffers[source], self._lengths[source], self._starts[source], self._count[source] = (
+                [],
+                0,
+                [],
+                0,
+            )
         self._starts[source].append(self._lengths[source])
         self._buffers[source].append(ids)
         self._lengths[source] += len(ids)
@@ -99,8 +106,15 @@ def write_token_store(
     writer = StoreWriter(directory, shard_tokens)
     for source, ids in documents:
         writer.add(source, np.asarray(ids, dtype=np.uint32))
-    manifest = Manifest(tokenizer_name, tokenizer_fingerprint, separator_token, separator_id, shard_tokens,
-                        writer.close(), complete=True)
+    manifest = Manifest(
+        tokenizer_name,
+        tokenizer_fingerprint,
+        separator_token,
+        separator_id,
+        shard_tokens,
+        writer.close(),
+        complete=True,
+    )
     manifest.save(directory)
     return manifest
 
@@ -123,7 +137,9 @@ def _encode(texts: list[str]) -> list[np.ndarray]:
     return [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
 
 
-def encode_batches(batches: Iterable[list[str]], tokenizer_json: str, num_workers: int) -> Iterator[list[np.ndarray]]:
+def encode_batches(
+    batches: Iterable[list[str]], tokenizer_json: str, num_workers: int
+) -> Iterator[list[np.ndarray]]:
     """Token ids of each batch of texts, in input order, with `num_workers` processes (1: here)."""
     if num_workers <= 1:
         _init_worker(tokenizer_json, threads=True)
@@ -131,8 +147,9 @@ def encode_batches(batches: Iterable[list[str]], tokenizer_json: str, num_worker
             yield _encode(texts)
         return
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(tokenizer_json, False)) as pool:
+    with ProcessPoolExecutor(
+        num_workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer_json, False)
+    ) as pool:
         pending: deque[Future] = deque()
         for texts in batches:
             pending.append(pool.submit(_encode, texts))
@@ -148,7 +165,9 @@ def separator_id(tokenizer: Any, token: str | None) -> int | None:
         return None
     tid = tokenizer.convert_tokens_to_ids(token)
     if tid is None or tid == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(tid) != token:
-        raise DataError(f"pack.separator '{token}' is not a token of the tokenizer; use one of its special tokens or null")
+        raise DataError(
+            f"pack.separator '{token}' is not a token of the tokenizer; use one of its special tokens or null"
+        )
     return int(tid)
 
 
@@ -224,13 +243,18 @@ def resolve_inputs(recipe: Any) -> list[Path]:
         for pattern in cfg.inputs:
             matched = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
             if not matched:
-                raise DataError(f"pack.inputs pattern '{pattern}' matches no file; fix the glob or run the data stage first")
+                raise DataError(
+                    f"pack.inputs pattern '{pattern}' matches no file; fix the glob or run the data stage first"
+                )
             files += matched
         return files
     clean_dir = recipe.stage_dir("data")
     files = sorted(
-        p for p in clean_dir.rglob("*")
-        if p.is_file() and p.name.endswith(DATA_SUFFIXES) and "rejected" not in p.relative_to(clean_dir).parts
+        p
+        for p in clean_dir.rglob("*")
+        if p.is_file()
+        and p.name.endswith(DATA_SUFFIXES)
+        and "rejected" not in p.relative_to(clean_dir).parts
         and not p.name.startswith(".")
     )
     if not files:
@@ -240,7 +264,9 @@ def resolve_inputs(recipe: Any) -> list[Path]:
     return files
 
 
-def iter_documents(files: list[Path], cfg: PackConfig, on_file: Callable[[Path], None] | None = None) -> Iterator[tuple[str, str]]:
+def iter_documents(
+    files: list[Path], cfg: PackConfig, on_file: Callable[[Path], None] | None = None
+) -> Iterator[tuple[str, str]]:
     """`(source, text)` of every record; the source is the record's `source_field` or the file name."""
     from steelforge.data.io import file_stem, iter_records
 
@@ -249,7 +275,9 @@ def iter_documents(files: list[Path], cfg: PackConfig, on_file: Callable[[Path],
         for record in iter_records(path):
             text = record.get(cfg.text_field)
             if text is None:
-                raise DataError(f"a record in '{path}' has no '{cfg.text_field}' field; set pack.text_field to the text field")
+                raise DataError(
+                    f"a record in '{path}' has no '{cfg.text_field}' field; set pack.text_field to the text field"
+                )
             source = record.get(cfg.source_field) or default_source
             yield str(source), str(text)
         if on_file is not None:
@@ -275,12 +303,16 @@ def pack_complete(recipe: Any) -> bool:
         files = resolve_inputs(recipe)
     except (OSError, json.JSONDecodeError, SteelforgeError):
         return False
-    return bool(raw.get("complete")) and raw.get("extra", {}).get("pack_fingerprint") == pack_fingerprint(recipe, files)
+    return bool(raw.get("complete")) and raw.get("extra", {}).get("pack_fingerprint") == pack_fingerprint(
+        recipe, files
+    )
 
 
 def _prepare_output(out: Path) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise DataError(f"pack output '{out}' exists and is not a token store; choose another pack.output or empty it")
+        raise DataError(
+            f"pack output '{out}' exists and is not a token store; choose another pack.output or empty it"
+        )
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)

@@ -99,8 +99,15 @@ class Segment:
 class SourceOrder:
     """The epoch order of one source's samples, with a cursor, epochs and append segments."""
 
-    def __init__(self, name: str, n_samples: int, key: int, epoch: int = 0, cursor: int = 0,
-                 segments: list[Segment] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        n_samples: int,
+        key: int,
+        epoch: int = 0,
+        cursor: int = 0,
+        segments: list[Segment] | None = None,
+    ) -> None:
         self.name = name
         self.key = key
         self.epoch = epoch
@@ -116,7 +123,9 @@ class SourceOrder:
         perm = self._perms.get(s)
         if perm is None:
             seg = self.segments[s]
-            perm = self._perms[s] = FeistelPermutation(seg.total - seg.start, derive_key(self.key, self.epoch, s))
+            perm = self._perms[s] = FeistelPermutation(
+                seg.total - seg.start, derive_key(self.key, self.epoch, s)
+            )
         return perm
 
     def sample_at(self, position: int) -> int:
@@ -161,7 +170,11 @@ class SourceOrder:
         self._perms.clear()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "cursor": self.cursor, "segments": [[s.start, s.total] for s in self.segments]}
+        return {
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "segments": [[s.start, s.total] for s in self.segments],
+        }
 
     @classmethod
     def from_state(cls, name: str, key: int, state: dict[str, Any]) -> SourceOrder:
@@ -169,7 +182,9 @@ class SourceOrder:
         return cls(name, segments[-1].total, key, int(state["epoch"]), int(state["cursor"]), segments)
 
 
-def parse_weights(mixture: dict[str, float], sources: list[str], where: str = "mixture") -> dict[str, Fraction]:
+def parse_weights(
+    mixture: dict[str, float], sources: list[str], where: str = "mixture"
+) -> dict[str, Fraction]:
     """Validate mixture weights and turn them into exact fractions that sum to 1."""
     unknown = sorted(set(mixture) - set(sources))
     if unknown:
@@ -178,7 +193,9 @@ def parse_weights(mixture: dict[str, float], sources: list[str], where: str = "m
         raise DataError(f"{where} has a negative weight {mixture}; weights must be >= 0 and sum to 1")
     total = sum(mixture.values())
     if abs(total - 1.0) > 1e-6:
-        raise DataError(f"{where} weights {mixture} sum to {total:g}, not 1; rescale them so that they sum to 1")
+        raise DataError(
+            f"{where} weights {mixture} sum to {total:g}, not 1; rescale them so that they sum to 1"
+        )
     fractions = {s: Fraction(mixture.get(s, 0.0)).limit_denominator(10**6) for s in sources}
     norm = sum(fractions.values())
     return {s: f / norm for s, f in fractions.items()}
@@ -193,7 +210,9 @@ class MixtureSchedule:
     At sample `n`, among sources whose deficit `n * w_s - drawn_s` reached `delta = 1/(2k-2)`,
     pick the one whose deficit will first reach `1 - delta` (ties: the first listed)."""
 
-    def __init__(self, weights: dict[str, Fraction], drawn: dict[str, int] | None = None, count: int = 0) -> None:
+    def __init__(
+        self, weights: dict[str, Fraction], drawn: dict[str, int] | None = None, count: int = 0
+    ) -> None:
         self.names = list(weights)
         denominator = 1
         for w in weights.values():
@@ -261,7 +280,9 @@ def validate_phases(phases: list[Phase]) -> None:
             raise DataError(f"phase {i} has seq_len {phase.seq_len}; it must be a positive number of tokens")
         if phase.until_tokens is None:
             if i != len(phases) - 1:
-                raise DataError(f"phase {i} has no until_tokens but is not the last phase; give it a token count")
+                raise DataError(
+                    f"phase {i} has no until_tokens but is not the last phase; give it a token count"
+                )
             continue
         if phase.until_tokens <= previous:
             raise DataError(
@@ -279,8 +300,9 @@ class GlobalSampler:
     own slice of each global batch.
     """
 
-    def __init__(self, source_tokens: dict[str, int], *, global_batch_size: int, phases: list[Phase],
-                 seed: int = 0) -> None:
+    def __init__(
+        self, source_tokens: dict[str, int], *, global_batch_size: int, phases: list[Phase], seed: int = 0
+    ) -> None:
         if global_batch_size < 1:
             raise DataError(f"global batch size {global_batch_size} must be at least 1")
         validate_phases(phases)
@@ -337,7 +359,8 @@ class GlobalSampler:
         self.phase = phase
         self.mixture = MixtureSchedule(self._weights())
         self.orders = {
-            s: SourceOrder(s, max(1, self._n_samples(s, self.seq_len)), self._source_key(s)) for s in self.source_tokens
+            s: SourceOrder(s, max(1, self._n_samples(s, self.seq_len)), self._source_key(s))
+            for s in self.source_tokens
         }
 
     def _maybe_switch_phase(self) -> None:
@@ -360,7 +383,9 @@ class GlobalSampler:
                 )
         missing = sorted(set(self.source_tokens) - set(source_tokens))
         if missing:
-            raise DataError(f"source(s) {missing} recorded in the checkpoint are missing from the stores; pass every store")
+            raise DataError(
+                f"source(s) {missing} recorded in the checkpoint are missing from the stores; pass every store"
+            )
         if source_tokens == self.source_tokens:
             return
         self.source_tokens = dict(source_tokens)
@@ -413,16 +438,22 @@ class GlobalSampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position; then `update_sources` with the current sizes to take in appends."""
         if state.get("version") != STATE_VERSION:
-            raise DataError(f"sampler state version {state.get('version')} is not {STATE_VERSION}; it comes from another release")
+            raise DataError(
+                f"sampler state version {state.get('version')} is not {STATE_VERSION}; it comes from another release"
+            )
         if int(state["seed"]) != self.seed:
-            raise DataError(f"the checkpoint's data seed is {state['seed']} but the recipe's is {self.seed}; use the same seed to resume")
+            raise DataError(
+                f"the checkpoint's data seed is {state['seed']} but the recipe's is {self.seed}; use the same seed to resume"
+            )
         if int(state["global_batch_size"]) != self.global_batch_size:
             raise DataError(
                 f"the checkpoint's global batch size is {state['global_batch_size']} but this run's is "
                 f"{self.global_batch_size}; keep micro_batch_size * grad_accum * world_size the same to resume"
             )
         if int(state["phase"]) >= len(self.phases):
-            raise DataError(f"the checkpoint is in phase {state['phase']} but only {len(self.phases)} phases are configured")
+            raise DataError(
+                f"the checkpoint is in phase {state['phase']} but only {len(self.phases)} phases are configured"
+            )
         current_tokens = self.source_tokens
         self.step, self.tokens, self.phase = int(state["step"]), int(state["tokens"]), int(state["phase"])
         self.source_tokens = {s: int(t) for s, t in state["source_tokens"].items()}

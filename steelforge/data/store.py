@@ -88,9 +88,13 @@ class Manifest:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> Manifest:
         if raw.get("format") != FORMAT_NAME or raw.get("dtype") != "uint32":
-            raise DataError(f"{where} is not a steelforge token store manifest (format/dtype missing); re-run `steelforge pack`")
+            raise DataError(
+                f"{where} is not a steelforge token store manifest (format/dtype missing); re-run `steelforge pack`"
+            )
         if raw.get("version") != FORMAT_VERSION:
-            raise DataError(f"{where} has store format version {raw.get('version')}, this release reads {FORMAT_VERSION}; re-run `steelforge pack`")
+            raise DataError(
+                f"{where} has store format version {raw.get('version')}, this release reads {FORMAT_VERSION}; re-run `steelforge pack`"
+            )
         return cls(
             tokenizer_name=raw["tokenizer"]["name"],
             tokenizer_fingerprint=raw["tokenizer"]["fingerprint"],
@@ -127,7 +131,9 @@ def file_md5(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def write_shard(directory: Path, stem: str, tokens: np.ndarray, doc_starts: Iterable[int], source: str) -> ShardInfo:
+def write_shard(
+    directory: Path, stem: str, tokens: np.ndarray, doc_starts: Iterable[int], source: str
+) -> ShardInfo:
     """Write one shard (tokens + document start offsets) atomically and return its manifest entry."""
     token_bytes = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tobytes()
     starts = np.asarray(list(doc_starts), dtype=OFFSET_DTYPE)
@@ -156,14 +162,18 @@ class TokenStore:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
-            raise DataError(f"'{self.path}' is not a token store (no {MANIFEST}); run `steelforge pack` to create it")
+            raise DataError(
+                f"'{self.path}' is not a token store (no {MANIFEST}); run `steelforge pack` to create it"
+            )
         try:
             raw = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"cannot read '{manifest_path}' ({exc}); re-run `steelforge pack`") from exc
         self.manifest = Manifest.from_dict(raw, f"'{manifest_path}'")
         if not self.manifest.complete:
-            raise DataError(f"token store '{self.path}' is incomplete (packing did not finish); re-run `steelforge pack`")
+            raise DataError(
+                f"token store '{self.path}' is incomplete (packing did not finish); re-run `steelforge pack`"
+            )
         self._tokens: dict[str, np.memmap] = {}
         self._docs: dict[str, np.ndarray] = {}
         if check_sizes:
@@ -198,12 +208,17 @@ class TokenStore:
         """Re-hash every shard; returns one sentence per bad file (empty when all match)."""
         problems = []
         for shard in self.shards:
-            for name, size, md5 in ((shard.file, shard.tokens * 4, shard.md5), (shard.docs_file, shard.documents * 8, shard.docs_md5)):
+            for name, size, md5 in (
+                (shard.file, shard.tokens * 4, shard.md5),
+                (shard.docs_file, shard.documents * 8, shard.docs_md5),
+            ):
                 path = self.path / name
                 if not path.is_file():
                     problems.append(f"shard '{name}' is missing")
                 elif path.stat().st_size != size:
-                    problems.append(f"shard '{name}' has {path.stat().st_size} bytes, expected {size} (truncated or changed)")
+                    problems.append(
+                        f"shard '{name}' has {path.stat().st_size} bytes, expected {size} (truncated or changed)"
+                    )
                 elif file_md5(path) != md5:
                     problems.append(f"shard '{name}' md5 differs from the manifest (changed on disk)")
         return problems
@@ -252,7 +267,9 @@ class TokenStore:
         return arr
 
 
-def check_tokenizer(store: TokenStore, expected_fingerprint: str, what: str = "the model recipe's tokenizer") -> None:
+def check_tokenizer(
+    store: TokenStore, expected_fingerprint: str, what: str = "the model recipe's tokenizer"
+) -> None:
     """A clear error when a store was packed with another tokenizer than the one training uses."""
     if store.manifest.tokenizer_fingerprint != expected_fingerprint:
         raise DataError(
@@ -277,7 +294,9 @@ def _resolve_new_shards(paths: list[Path]) -> list[tuple[TokenStore, ShardInfo]]
         src = TokenStore(path.parent)
         matches = [s for s in src.shards if path.name in (s.file, s.docs_file)]
         if not matches:
-            raise DataError(f"'{path}' is not listed in '{path.parent / MANIFEST}'; pass a shard of a packed store")
+            raise DataError(
+                f"'{path}' is not listed in '{path.parent / MANIFEST}'; pass a shard of a packed store"
+            )
         found += [(src, matches[0])]
     return found
 
@@ -310,13 +329,24 @@ def append_shards(store_dir: str | Path, new: list[str | Path]) -> list[ShardInf
         next_index[shard.source] = index + 1
         data = (src.path / shard.file).read_bytes()
         if hashlib.md5(data, usedforsecurity=False).hexdigest() != shard.md5:
-            raise DataError(f"shard '{src.path / shard.file}' does not match its manifest md5; run `steelforge store verify {src.path}`")
+            raise DataError(
+                f"shard '{src.path / shard.file}' does not match its manifest md5; run `steelforge store verify {src.path}`"
+            )
         docs = (src.path / shard.docs_file).read_bytes()
         stem = shard_stem(shard.source, index)
         atomic_write_bytes(store.path / (stem + DOCS_SUFFIX), docs)
         atomic_write_bytes(store.path / (stem + TOKEN_SUFFIX), data)
-        added.append(ShardInfo(stem + TOKEN_SUFFIX, stem + DOCS_SUFFIX, shard.md5, shard.docs_md5,
-                               shard.tokens, shard.documents, shard.source))
+        added.append(
+            ShardInfo(
+                stem + TOKEN_SUFFIX,
+                stem + DOCS_SUFFIX,
+                shard.md5,
+                shard.docs_md5,
+                shard.tokens,
+                shard.documents,
+                shard.source,
+            )
+        )
     store.manifest.shards.extend(added)
     store.manifest.save(store.path)
     return added
