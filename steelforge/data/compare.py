@@ -79,8 +79,8 @@ def _op_names(config: CleanConfig) -> list[str]:
 def read_fates(result: CleanResult, op_names: list[str]) -> tuple[dict[str, Fate], dict[str, dict[str, Any]]]:
     """Each document's fate in one run, and the rejected records (without text) by id.
 
-    A rejected record names its operator; when a recipe uses the same operator name twice, the record's
-    position among that name's rejections cannot be recovered, so the first occurrence is used.
+    The fate is the record's `op_index` (the operator's position in `process`); records written
+    without one fall back to the first operator of that name.
     """
     first_index: dict[str, int] = {}
     for index, name in enumerate(op_names):
@@ -91,7 +91,8 @@ def read_fates(result: CleanResult, op_names: list[str]) -> tuple[dict[str, Fate
         fates[doc["id"]] = KEPT
     for record in read_shards(result.rejected_paths):
         record.pop("text", None)
-        fates[record["id"]] = first_index[record["op"]]
+        index = record.get("op_index")
+        fates[record["id"]] = int(index) if index is not None else first_index[record["op"]]
         records[record["id"]] = record
     return fates, records
 

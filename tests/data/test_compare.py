@@ -95,3 +95,19 @@ def test_data_ops_lists_every_operator_with_kind_and_parameters() -> None:
     for name, cls in registered_ops().items():
         assert name in result.output and cls.kind in result.output
     assert "keep_fraction=None" in result.output and "min_len=200" in result.output
+
+
+def test_an_operator_used_twice_is_told_apart_by_position(tmp_path: Path) -> None:
+    process = [
+        {"text_length_filter": {"min_len": 3, "max_len": 100000}},
+        {"words_num_filter": {"lang": "zh", "tokenization": False, "min_num": 3, "max_num": 10000}},
+        {"text_length_filter": {"min_len": 30, "max_len": 100000}},
+    ]
+    config = CleanConfig(
+        inputs=[{"name": "toy", "path": str(_corpus(tmp_path)), "text_field": "body"}], process=process
+    )
+    report = compare_semantics(config, tmp_path / "cmp")
+    first, _, last = report.ops
+    assert (first.rejected_dj, first.rejected_la) == (1, 1)  # "hi" in both
+    assert (last.rejected_dj, last.rejected_la) == (0, 1)  # ZH_SHORT, language_aware only
+    assert last.counts["la_here_dj_elsewhere"] == 1
