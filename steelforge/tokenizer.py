@@ -223,18 +223,24 @@ def _check_tokenizer_dir(folder: Path) -> None:
         )
 
 
-@functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_dir: str = QWEN_NAME) -> PreTrainedTokenizerFast:
     """The tokenizer named by a recipe: 'qwen1.5' (offline, cached) or a local Hugging Face tokenizer folder.
 
     Loaded once per process and shared: callers must not mutate the returned object.
     """
+    if name_or_dir == QWEN_NAME:
+        return _load_cached(QWEN_NAME)
+    return _load_cached(str(Path(name_or_dir).expanduser().resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(key: str) -> PreTrainedTokenizerFast:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if name_or_dir == QWEN_NAME:
+    if key == QWEN_NAME:
         folder = ensure_qwen_tokenizer_dir()
     else:
-        folder = Path(name_or_dir).expanduser()
+        folder = Path(key)
         _check_tokenizer_dir(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
@@ -243,6 +249,9 @@ def load_tokenizer(name_or_dir: str = QWEN_NAME) -> PreTrainedTokenizerFast:
             "(save it from a fast tokenizer) so that steelforge can use it."
         )
     return tokenizer
+
+
+load_tokenizer.cache_clear = _load_cached.cache_clear  # type: ignore[attr-defined]
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:

@@ -1,0 +1,232 @@
+"""The offline Qwen1.5 tokenizer against the released tokenizer files (../shared/fixtures/qwen1.5-tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import unicodedata
+from pathlib import Path
+
+import pytest
+from conftest import shared_path
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from steelforge import tokenizer as tk
+from steelforge.errors import SteelforgeError
+
+CORPUS = [
+    "钢铁是怎样炼成的？这是一部关于理想与奋斗的小说，讲述了主人公在艰苦环境中成长的故事。",
+    "中华人民共和国成立于1949年10月1日，首都北京。长江全长约6300公里。",
+    "The quick brown fox jumps over the lazy dog. It's, we're, they'll, I'd, you've, SHE'S.",
+    "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
+    "class A:\n\tdef f(self):\n\t\treturn {'a': [1, 2, 3]}  # comment\n\n\n",
+    "a    b\n\n\n\nc\t\t\td   \n  \n\t ",
+    "   leading spaces and trailing spaces   ",
+    "\n\n\n",
+    " ",
+    "",
+    "ＡＢＣ１２３，全角字符：（ｔｅｓｔ）！？「引号」",
+    "emoji 😀👍🏽 family 👨‍👩‍👧‍👦 flag 🇨🇳 heart ❤️",
+    "combining: e\u0301 a\u0308 n\u0303 — decomposed vs é ä ñ; Hangul 한국어 \u1100\u1161",
+    "text with <|im_start|>user\nhello<|im_end|> and <|endoftext|> inside",
+    "<|endoftext|><|endoftext|><|im_start|>",
+    "<|im_start",
+    "numbers 1234567890 3.14159 -42 1e10 ١٢٣ ⅷ",
+    "混合 scripts: русский текст, العربية, हिन्दी, 日本語のテキスト, ελληνικά.",
+    "URL https://example.com/path?q=1&r=2 email a.b@c.org IP 192.168.0.1",
+    "\u200b\u200c\u200d zero width; \ufeff BOM; \u00a0 nbsp; \u3000 ideographic space",
+    "x" * 300,
+    "哈" * 100,
+    "!!!???...,,,;;;''\"\"",
+]
+
+MESSAGES = [
+    [{"role": "user", "content": "你好，请介绍一下你自己。"}],
+    [
+        {"role": "system", "content": "你是一个乐于助人的助手。"},
+        {"role": "user", "content": "1+1=?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "Why?\n  Explain."},
+    ],
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello <|endoftext|>"}],
+]
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return tk.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        str(shared_path("fixtures", "qwen1.5-tokenizer")), local_files_only=True
+    )
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_ids_identical_to_release(qwen, reference, text: str) -> None:
+    ids = qwen.encode(text)
+    assert ids == reference.encode(text)
+    assert qwen.decode(ids) == reference.decode(ids) == unicodedata.normalize("NFC", text)
+
+
+def test_digits_split_one_by_one_and_special_tokens_recognised(qwen) -> None:
+    assert qwen.convert_ids_to_tokens(qwen.encode("2024")) == ["2", "0", "2", "4"]
+    ids = qwen.encode("<|im_start|>user<|im_end|><|endoftext|>")
+    assert ids[0] == tk.IM_START_ID and ids[-2:] == [tk.IM_END_ID, tk.ENDOFTEXT_ID]
+    assert qwen.eos_token_id == tk.IM_END_ID and qwen.pad_token_id == tk.ENDOFTEXT_ID
+    assert qwen.bos_token is None and len(qwen) == tk.ENDOFTEXT_ID + 3
+
+
+def test_merges_identical_to_release(qwen) -> None:
+    released = (
+        shared_path("fixtures", "qwen1.5-tokenizer", "merges.txt").read_text(encoding="utf-8").splitlines()
+    )
+    built = json.loads((tk.qwen_cache_dir() / "tokenizer.json").read_text(encoding="utf-8"))["model"][
+        "merges"
+    ]
+    assert [" ".join(pair) for pair in built] == released
+
+
+def test_real_chinese_web_text(qwen, reference) -> None:
+    path = shared_path("data", "steel_samples", "2021-31_zh_head_0000_sample.jsonl")
+    lines: list[str] = []
+    with path.open(encoding="utf-8") as handle:
+        for raw in handle:
+            lines.extend(line for line in json.loads(raw)["text"].split("\n") if line.strip())
+            if len(lines) >= 400:
+                break
+    lines = lines[:400]
+    ours = qwen(lines)["input_ids"]
+    assert ours == reference(lines)["input_ids"]
+    assert qwen.batch_decode(ours) == [unicodedata.normalize("NFC", line) for line in lines]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.one_of(
+        st.text(max_size=120),
+        st.text(alphabet=st.sampled_from(list(" \t\n\r\u3000'sd0123456789中文abcX.!?😀\u0301")), max_size=60),
+    )
+)
+def test_random_unicode_matches_release_and_round_trips(qwen, reference, text: str) -> None:
+    ids = qwen.encode(text)
+    assert ids == reference.encode(text)
+    assert qwen.decode(ids) == unicodedata.normalize("NFC", text)
+
+
+@pytest.mark.parametrize("messages", MESSAGES)
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_chat_template_identical(qwen, reference, messages, add_generation_prompt: bool) -> None:
+    ours = qwen.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    assert ours == reference.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    assert ours.endswith("<|im_start|>assistant\n") == add_generation_prompt
+    if messages[0]["role"] != "system":
+        assert ours.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    assert qwen.encode(ours) == reference.encode(ours)
+
+
+def test_fingerprint_equal_to_release(qwen, reference) -> None:
+    assert tk.tokenizer_fingerprint(qwen) == tk.tokenizer_fingerprint(reference)
+
+
+def _tiny_tokenizer(vocab: dict[str, int]):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="u")))
+
+
+def test_fingerprint_changes_with_vocab_ids_and_special_tokens() -> None:
+    base = tk.tokenizer_fingerprint(_tiny_tokenizer({"u": 0, "a": 1, "b": 2}))
+    assert base == tk.tokenizer_fingerprint(_tiny_tokenizer({"b": 2, "a": 1, "u": 0}))
+    assert base != tk.tokenizer_fingerprint(_tiny_tokenizer({"u": 0, "a": 2, "b": 1}))
+    with_special = _tiny_tokenizer({"u": 0, "a": 1, "b": 2})
+    with_special.add_special_tokens({"eos_token": "<eos>"})
+    assert base != tk.tokenizer_fingerprint(with_special)
+
+
+def test_loaded_once_per_process_and_reused_from_cache(qwen, monkeypatch) -> None:
+    assert tk.load_tokenizer() is tk.load_tokenizer("qwen1.5")
+
+    def no_rebuild():
+        raise AssertionError("the cached tokenizer folder was not reused")
+
+    monkeypatch.setattr(tk, "build_qwen_tokenizer", no_rebuild)
+    tk.load_tokenizer.cache_clear()
+    try:
+        again = tk.load_tokenizer()
+    finally:
+        tk.load_tokenizer.cache_clear()
+    assert again is not qwen and again.encode("钢铁 steel 42") == qwen.encode("钢铁 steel 42")
+
+
+class _SlowFake:
+    """Stands in for the real build: writes a folder slowly so that concurrent builders overlap."""
+
+    def save_pretrained(self, folder: Path) -> None:
+        (Path(folder) / "tokenizer.json").write_text("{}", encoding="utf-8")
+        threading.Event().wait(0.2)
+        (Path(folder) / "tokenizer_config.json").write_text("{}", encoding="utf-8")
+
+
+def test_concurrent_builds_publish_one_whole_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("STEELFORGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(tk, "build_qwen_tokenizer", _SlowFake)
+    results: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(tk.ensure_qwen_tokenizer_dir())) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    target = tk.qwen_cache_dir()
+    assert results == [target] * 4
+    assert sorted(p.name for p in target.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert json.loads((target / "tokenizer_config.json").read_text())["tokenizer_class"] == "Qwen2Tokenizer"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no half-written leftovers
+    assert target.parent == tmp_path / "tokenizers"
+
+
+def test_cache_folder_follows_the_source_file(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("STEELFORGE_CACHE", str(tmp_path))
+    real = tk.qwen_cache_dir()
+    edited = tmp_path / "qwen.tiktoken"
+    edited.write_bytes(tk.qwen_tiktoken_path().read_bytes() + b"IQ== 151643\n")
+    monkeypatch.setattr(tk, "qwen_tiktoken_path", lambda: edited)
+    assert tk.qwen_cache_dir() != real and tk.qwen_cache_dir().name.startswith("qwen1.5-")
+
+
+def test_release_folder_loads_by_path(reference) -> None:
+    folder = shared_path("fixtures", "qwen1.5-tokenizer")
+    loaded = tk.load_tokenizer(str(folder))
+    assert loaded.encode("钢铁 123") == reference.encode("钢铁 123")
+
+
+def test_missing_folder_is_one_clear_error(tmp_path) -> None:
+    with pytest.raises(SteelforgeError, match=r"does not exist.*'qwen1\.5'"):
+        tk.load_tokenizer(str(tmp_path / "nope"))
+
+
+def test_incomplete_folder_names_missing_files(tmp_path) -> None:
+    (tmp_path / "vocab.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(SteelforgeError) as caught:
+        tk.load_tokenizer(str(tmp_path))
+    message = str(caught.value)
+    assert str(tmp_path) in message and "tokenizer_config.json" in message and "merges.txt" in message
+    assert "save_pretrained" in message
+
+
+def test_vocab_compat(qwen) -> None:
+    tk.check_vocab_compat(qwen, tk.QWEN_VOCAB_SIZE_PADDED)
+    tk.check_vocab_compat(qwen, 151_646)
+    with pytest.raises(SteelforgeError, match=r"32,000.*151,646"):
+        tk.check_vocab_compat(qwen, 32_000)
