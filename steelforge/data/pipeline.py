@@ -35,13 +35,14 @@ import pickle
 import re
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from steelforge.data.clean_config import CleanConfig, SourceSpec
-from steelforge.data.executors import Executor, make_executor
+from steelforge.data.executors import Executor, SerialExecutor, make_executor
 from steelforge.data.io import BadRecord, ShardWriter, iter_documents, iter_records
 from steelforge.data.ops.base import Deduplicator, Filter, Mapper, Op, build_op
 from steelforge.errors import DataError, SteelforgeError
@@ -388,6 +389,68 @@ def _batches(items: Iterable[tuple[dict[str, Any], str | None]], size: int) -> I
         yield batch
 
 
+class _FileSink:
+    """Outputs of one (piece, input file): kept or intermediate shards, rejected records, signatures, stats."""
+
+    def __init__(self, run: _Run, piece: Piece, f: InputFile) -> None:
+        self.file = f
+        self.piece = piece
+        self.work = run.layout.piece_dir(piece.index)
+        self.trace = run.trace
+        last = piece.signer is None
+        self.kept = ShardWriter(
+            run.layout.kept if last else self.work, f.task,
+            max_docs=run.config.shard_max_docs if last else None, max_bytes=run.config.shard_max_bytes,
+        )  # fmt: skip
+        self.rejected = ShardWriter(run.layout.rejected, f"{f.task}.p{piece.index}", max_bytes=None)
+        self.sig_tmp = self.work / f".{f.task}.sig.tmp"
+        self.sig_stream = open(self.sig_tmp, "wb")  # noqa: SIM115  (closed in finish)
+        self.totals: dict[int, list[float]] = {}
+        self.traces: dict[int, list[dict[str, str]]] = {}
+        self.sign_seconds = 0.0
+        self.n_in = self.n_kept = self.n_rejected = self.chars_in = self.chars_out = 0
+
+    def add(self, result: BatchResult) -> None:
+        for doc in result.kept:
+            self.kept.write(doc)
+        for record in result.rejected:
+            self.rejected.write(record)
+        if result.signatures is not None:
+            pairs = [(d["id"], sig) for d, sig in zip(result.kept, result.signatures, strict=True)]
+            pickle.dump(pairs, self.sig_stream, protocol=5)
+        for index, values in result.stats.items():
+            row = self.totals.setdefault(index, [0, 0, 0, 0, 0.0])
+            for i, v in enumerate(values):
+                row[i] += v
+        for index, examples in result.traces.items():
+            have = self.traces.setdefault(index, [])
+            have.extend(examples[: max(0, self.trace - len(have))])
+        self.sign_seconds += result.sign_seconds
+        self.chars_in += result.chars_in
+        self.chars_out += result.chars_out
+        self.n_in += len(result.kept) + len(result.rejected)
+        self.n_kept += len(result.kept)
+        self.n_rejected += len(result.rejected)
+
+    def finish(self, errors: int) -> None:
+        """Close every output, then write the stats and the completion marker (in that order)."""
+        self.kept.close()
+        self.rejected.close()
+        self.sig_stream.close()
+        task = self.file.task
+        if self.piece.signer is not None:
+            os.replace(self.sig_tmp, self.work / f"{task}.sig")
+        else:
+            self.sig_tmp.unlink()
+        stats = {
+            "docs_in": self.n_in, "kept": self.n_kept, "rejected": self.n_rejected, "errors": errors,
+            "chars_in": self.chars_in, "chars_out": self.chars_out,
+            "ops": self.totals, "sign_seconds": self.sign_seconds, "traces": self.traces,
+        }  # fmt: skip
+        _write_json(self.work / f"{task}.json", stats)
+        (self.work / f"{task}.done").touch()
+
+
 class _Run:
     def __init__(
         self, config: CleanConfig, out_dir: Path, executor: Executor, trace: int, files: list[InputFile]
@@ -398,6 +461,7 @@ class _Run:
         self.trace = trace
         self.files = files
         self.ops = [build_op(spec, config.semantics) for spec in config.process]
+        self._errors: dict[str, int] = {}
         self.pieces = plan_pieces(self.ops)
 
     def piece_input(self, piece: Piece, f: InputFile, dup_of: dict[int, str], offset: int) -> Iterator:
@@ -410,7 +474,7 @@ class _Run:
                 for item in iter_documents(f.path, f.spec):
                     if isinstance(item, BadRecord):
                         errors.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
-                        self._errors += 1
+                        self._errors[f.task] = self._errors.get(f.task, 0) + 1
                     else:
                         yield item, None
             os.replace(tmp, errors_path)
@@ -421,15 +485,14 @@ class _Run:
             yield doc, dup_of.get(position)
 
     def run_piece(self, piece: Piece, progress: Any) -> None:
+        """Stream every unfinished input file through one piece: one executor stream for all of them."""
         layout = self.layout
-        last = piece.signer is None
         work = layout.piece_dir(piece.index)
         work.mkdir(parents=True, exist_ok=True)
         dup_of: dict[int, str] = {}
         offsets: dict[str, int] = {}
         if piece.dedup_before is not None:
-            dedup_file = layout.work / f"dedup{piece.index - 1}.pkl"
-            with open(dedup_file, "rb") as stream:
+            with open(layout.work / f"dedup{piece.index - 1}.pkl", "rb") as stream:
                 saved = pickle.load(stream)
             dup_of, offsets = saved["duplicate_of"], saved["offsets"]
         runner = BatchRunner(
@@ -437,63 +500,54 @@ class _Run:
         )
         label = f"clean {piece.index + 1}/{len(self.pieces)}"
         bar = progress.add_task(label, total=len(self.files))
-        for f in self.files:
-            done = work / f"{f.task}.done"
-            if done.exists():
-                progress.advance(bar)
-                continue
-            out_dir = layout.kept if last else work
-            _remove_task_outputs(out_dir, f.task)
+        pending = [f for f in self.files if not (work / f"{f.task}.done").exists()]
+        progress.advance(bar, len(self.files) - len(pending))
+        for f in pending:  # a file that was half done starts again from nothing
+            _remove_task_outputs(layout.kept if piece.signer is None else work, f.task)
             _remove_task_outputs(layout.rejected, f"{f.task}.p{piece.index}")
             _remove_task_outputs(work, f.task)
-            self._errors = 0
-            totals: dict[int, list[float]] = {}
-            traces: dict[int, list[dict[str, str]]] = {}
-            sign_seconds, n_in, n_kept, n_rejected, chars_in, chars_out = 0.0, 0, 0, 0, 0, 0
-            kept_writer = ShardWriter(
-                out_dir, f.task, max_docs=self.config.shard_max_docs if last else None,
-                max_bytes=self.config.shard_max_bytes,
-            )  # fmt: skip
-            rejected_writer = ShardWriter(layout.rejected, f"{f.task}.p{piece.index}", max_bytes=None)
-            sig_tmp = work / f".{f.task}.sig.tmp"
-            with kept_writer, rejected_writer, open(sig_tmp, "wb") as sig_stream:
+        # The producer tags each batch with its file and marks where each file ends; results come back
+        # in the same order, so the consumer knows which file's outputs a result belongs to.
+        tags: deque[tuple[str, InputFile]] = deque()
+
+        def batches() -> Iterator[list]:
+            for f in pending:
                 items = self.piece_input(piece, f, dup_of, offsets.get(f.task, 0))
-                for result in self.executor.run(runner, _batches(items, self.config.batch_size)):
-                    for doc in result.kept:
-                        kept_writer.write(doc)
-                    for record in result.rejected:
-                        rejected_writer.write(record)
-                    if result.signatures is not None:
-                        pickle.dump(
-                            [(d["id"], s) for d, s in zip(result.kept, result.signatures, strict=True)],
-                            sig_stream,
-                        )
-                    for index, values in result.stats.items():
-                        row = totals.setdefault(index, [0, 0, 0, 0, 0.0])
-                        for i, v in enumerate(values):
-                            row[i] += v
-                    for index, examples in result.traces.items():
-                        have = traces.setdefault(index, [])
-                        have.extend(examples[: max(0, self.trace - len(have))])
-                    sign_seconds += result.sign_seconds
-                    chars_in += result.chars_in
-                    chars_out += result.chars_out
-                    n_in += len(result.kept) + len(result.rejected)
-                    n_kept += len(result.kept)
-                    n_rejected += len(result.rejected)
-                    progress.update(bar, description=f"{label} {f.path.name}: {n_in:,} docs")
-            if not last:
-                os.replace(sig_tmp, work / f"{f.task}.sig")
-            else:
-                sig_tmp.unlink()
-            task_stats = {
-                "docs_in": n_in, "kept": n_kept, "rejected": n_rejected, "errors": self._errors,
-                "chars_in": chars_in, "chars_out": chars_out,
-                "ops": totals, "sign_seconds": sign_seconds, "traces": traces,
-            }  # fmt: skip
-            _write_json(work / f"{f.task}.json", task_stats)
-            done.touch()
-            progress.advance(bar)
+                for batch in _batches(items, self.config.batch_size):
+                    tags.append(("batch", f))
+                    yield batch
+                tags.append(("end", f))
+
+        sink: _FileSink | None = None
+        try:
+            # Applying dedup decisions alone is bookkeeping: not worth shipping batches to workers.
+            executor = self.executor if piece.ops or piece.signer is not None else SerialExecutor()
+            for result in executor.run(runner, batches()):
+                while tags[0][0] == "end":
+                    sink = self._close_sink(sink, tags.popleft()[1], piece, progress, bar)
+                f = tags.popleft()[1]
+                if sink is None or sink.file is not f:
+                    sink = _FileSink(self, piece, f)
+                sink.add(result)
+                progress.update(bar, description=f"{label} {f.path.name}: {sink.n_in:,} docs")
+        except BaseException:
+            # Files whose every result was written are complete: mark them before the error propagates.
+            while tags and tags[0][0] == "end":
+                sink = self._close_sink(sink, tags.popleft()[1], piece, progress, bar)
+            raise
+        while tags:
+            kind, f = tags.popleft()
+            assert kind == "end", "every batch has a result"
+            sink = self._close_sink(sink, f, piece, progress, bar)
+
+    def _close_sink(
+        self, sink: _FileSink | None, f: InputFile, piece: Piece, progress: Any, bar: Any
+    ) -> None:
+        if sink is None or sink.file is not f:  # a file without any valid document
+            sink = _FileSink(self, piece, f)
+        sink.finish(self._errors.pop(f.task, 0))
+        progress.advance(bar)
+        return None
 
     def resolve_duplicates(self, piece: Piece) -> None:
         """The barrier: every signature of this piece's survivors, clusters resolved in input order."""

