@@ -100,8 +100,9 @@ def _apply_overrides(config: PretrainedConfig, overrides: Mapping[str, Any], ori
             "rope_theta": overrides["rope_theta"],
         }
         fields.pop("rope_theta")
-    fields.pop("model_type", None)
-    fields.pop("transformers_version", None)
+    for derived in ("model_type", "transformers_version", "layer_types"):
+        if derived not in overrides:
+            fields.pop(derived, None)  # layer_types follows num_hidden_layers/sliding_window unless given
     return type(config)(**fields)
 
 
