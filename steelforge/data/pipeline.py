@@ -313,10 +313,9 @@ def materialise_synthetic(config: CleanConfig, raw_dir: Path) -> None:
             continue
         from steelforge.data.synthetic import write_corpus
 
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        write_corpus(tmp, spec.synthetic.num_docs, spec.synthetic.seed)
-        os.replace(tmp, path)
+        write_corpus(
+            path, spec.synthetic.num_docs, spec.synthetic.seed
+        )  # atomic: temporary file, then rename
 
 
 def fingerprint(config: CleanConfig, files: list[InputFile]) -> str:
@@ -679,14 +678,11 @@ def run_pipeline(
 # ---- reporting and the stage API ------------------------------------------------------------------
 def print_summary(result: CleanResult) -> None:
     """Per-operator docs and chars in/out and time, then the reconciliation line."""
-    rows = [
-        (f"{i + 1}. {s.op}", s.kind, s.docs_in, s.docs_out, s.chars_in, s.chars_out, s.seconds)
-        for i, s in enumerate(result.ops)
-    ]
-    rows.append(("total", "", result.docs_in, result.kept, result.chars_in, result.chars_out, result.seconds))
+    rows = [(s.op, s.docs_in, s.docs_out, s.chars_in, s.chars_out, s.seconds) for s in result.ops]
+    rows.append(("total", result.docs_in, result.kept, result.chars_in, result.chars_out, result.seconds))
     print_table(
-        "cleaning by operator",
-        ["operator", "kind", "docs in", "docs out", "chars in", "chars out", "seconds"],
+        "cleaning by operator (docs, chars, seconds)",
+        ["operator", "in", "out", "chars in", "chars out", "s"],
         rows,
     )
     console.print(
@@ -695,14 +691,26 @@ def print_summary(result: CleanResult) -> None:
     )
 
 
+def _around_first_change(before: str, after: str, width: int) -> tuple[str, str]:
+    """Both texts cut to `width` characters starting a little before their first difference."""
+    first = next(
+        (i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b),
+        min(len(before), len(after)),
+    )
+    start = max(0, first - width // 4)
+    prefix = "…" if start else ""
+    return prefix + before[start : start + width], prefix + after[start : start + width]
+
+
 def print_traces(result: CleanResult, width: int = 160) -> None:
-    """Before/after examples per mapper (`--trace N`)."""
+    """Before/after examples per mapper (`--trace N`), shown around the first changed character."""
     for op, examples in result.traces.items():
         console.rule(f"trace: {op}")
         for ex in examples:
-            console.print(f"[bold]{ex['id']}[/]")
-            console.print(f"  [red]- {ex['before'][:width]!r}[/]")
-            console.print(f"  [green]+ {ex['after'][:width]!r}[/]")
+            before, after = _around_first_change(ex["before"], ex["after"], width)
+            console.print(f"[bold]{ex['id']}[/]", markup=True)
+            console.print(f"  - {before!r}", style="red", markup=False)
+            console.print(f"  + {after!r}", style="green", markup=False)
 
 
 def _recipe_paths(recipe: Any) -> tuple[CleanConfig, Path, Path]:
@@ -728,7 +736,8 @@ def clean_complete(recipe: Any) -> bool:
 def run_clean(recipe: Any) -> StageReport:
     """The `data` stage: run the pipeline, print the per-operator table, report counts and outputs."""
     config, out_dir, raw_dir = _recipe_paths(recipe)
-    result = run_pipeline(config, out_dir, raw_dir=raw_dir, trace=config.trace)
+    # The CLI calls this only when the outputs are incomplete (resume) or when --force asks for a re-run.
+    result = run_pipeline(config, out_dir, raw_dir=raw_dir, trace=config.trace, force=clean_complete(recipe))
     print_summary(result)
     if result.traces:
         print_traces(result)

@@ -197,7 +197,10 @@ def test_stage_api_runs_a_recipe_and_reports_completion(tmp_path: Path) -> None:
     assert report.outputs["kept"] == tmp_path / "run" / "clean" / "kept"
     stats = json.loads((tmp_path / "run" / "clean" / "stats.json").read_text())
     assert stats["traces"]["0:test_pipeline_strip_digits_mapper"][0]["after"] == "hello world "
-    assert run_clean(recipe).skipped
+    from steelforge.cli import run_stage
+
+    assert run_stage("data", recipe).skipped  # the CLI skips a complete stage
+    assert not run_stage("data", recipe, force=True).skipped  # and --force runs it again
 
 
 _LINE = st.one_of(
