@@ -252,7 +252,8 @@ class TokenLoader:
     # ---- iteration -------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.num_workers <= 0:
-            for batch, state in self._generate(self._state, 0, 1):
+            for raw, state in self._generate(self._state, 0, 1):
+                batch = _split_tokens(raw)
                 self._state = state
                 if self.pin_memory and torch.cuda.is_available():
                     batch = {k: v.pin_memory() for k, v in batch.items()}
@@ -266,9 +267,9 @@ class TokenLoader:
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=False,
         )
-        for batch in loader:
-            self._state = json.loads(batch.pop(_STATE_KEY))
-            yield batch
+        for raw in loader:
+            self._state = json.loads(raw.pop(_STATE_KEY))
+            yield _split_tokens(raw)
 
     def _generate(
         self, state: dict[str, Any], worker: int, n_workers: int
@@ -305,13 +306,19 @@ class TokenLoader:
             rows[j] = stream.read(start, seq_len + 1)
             if positions is not None:
                 positions[j] = position_ids_for(seq_len, stream.doc_starts(start, start + seq_len))
-        out = {
-            "input_ids": torch.from_numpy(rows[:, :-1].copy()),
-            "labels": torch.from_numpy(rows[:, 1:].copy()),
-        }
+        out = {"tokens": torch.from_numpy(rows)}
         if positions is not None:
             out["position_ids"] = torch.from_numpy(positions)
         return out
+
+
+def _split_tokens(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """`tokens` [B, L+1] -> `input_ids` and `labels` [B, L]; done after the worker hand-off so that
+    one tensor instead of two crosses the process boundary."""
+    tokens = batch.pop("tokens")
+    out = {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
+    out.update(batch)
+    return out
 
 
 class _WorkerDataset(IterableDataset):

@@ -30,8 +30,6 @@ from steelforge.data.store import MANIFEST, Manifest, ShardInfo, shard_stem, wri
 from steelforge.errors import DataError, SteelforgeError
 from steelforge.reporting import StageReport, make_progress
 
-DATA_SUFFIXES = (".jsonl.zst", ".jsonl.gz", ".jsonl", ".json", ".parquet")
-
 
 # ---- writing ---------------------------------------------------------------------------------------
 class StoreWriter:
@@ -249,17 +247,15 @@ def resolve_inputs(recipe: Any) -> list[Path]:
             files += matched
         return files
     clean_dir = recipe.stage_dir("data")
-    files = sorted(
-        p
-        for p in clean_dir.rglob("*")
-        if p.is_file()
-        and p.name.endswith(DATA_SUFFIXES)
-        and "rejected" not in p.relative_to(clean_dir).parts
-        and not p.name.startswith(".")
-    )
+    kept = clean_dir / "kept"  # the data stage's layout (see steelforge.data.pipeline)
+    if not (clean_dir / "_SUCCESS").is_file():
+        raise DataError(
+            f"no finished data stage output in '{clean_dir}'; run `steelforge clean` first or set pack.inputs to globs of documents"
+        )
+    files = sorted(kept.glob("*.jsonl.zst"))
     if not files:
         raise DataError(
-            f"no cleaned documents found in '{clean_dir}'; run `steelforge clean` first or set pack.inputs to globs of documents"
+            f"the data stage kept no documents in '{kept}'; loosen its filters or set pack.inputs"
         )
     return files
 

@@ -211,9 +211,14 @@ class MixtureSchedule:
     pick the one whose deficit will first reach `1 - delta` (ties: the first listed)."""
 
     def __init__(
-        self, weights: dict[str, Fraction], drawn: dict[str, int] | None = None, count: int = 0
+        self,
+        weights: dict[str, Fraction],
+        drawn: dict[str, int] | None = None,
+        count: int = 0,
+        until: int | None = None,
     ) -> None:
         self.names = list(weights)
+        self.until = until  # after this many samples the owner goes back to its regular weights
         denominator = 1
         for w in weights.values():
             denominator = denominator * w.denominator // _gcd(denominator, w.denominator)
@@ -246,12 +251,14 @@ class MixtureSchedule:
             "weights": {s: [a, self.denominator] for s, a in zip(self.names, self.numerators, strict=True)},
             "drawn": dict(zip(self.names, self.drawn, strict=True)),
             "count": self.count,
+            "until": self.until,
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> MixtureSchedule:
         weights = {s: Fraction(a, d) for s, (a, d) in state["weights"].items()}
-        return cls(weights, state["drawn"], int(state["count"]))
+        until = state.get("until")
+        return cls(weights, state["drawn"], int(state["count"]), None if until is None else int(until))
 
 
 def _gcd(a: int, b: int) -> int:
@@ -396,8 +403,25 @@ class GlobalSampler:
                     self.orders[s].grow(n)
             else:
                 self.orders[s] = SourceOrder(s, max(1, n), self._source_key(s))
-        if self.phases[self.phase].mixture is None:  # proportional weights follow the new sizes
+        if self.phases[self.phase].mixture is None:
+            self._mix_remaining_epoch()
+
+    def _mix_remaining_epoch(self) -> None:
+        """Proportional mixture after an append: weight each source by what is left of its epoch,
+        so that the epoch still ends for every source together (each sample exactly once), then
+        go back to weights proportional to the sizes."""
+        active = {s: o for s, o in self.orders.items() if self._n_samples(s, self.seq_len) > 0}
+        epoch = min((o.epoch for o in active.values()), default=0)
+        # a source that already finished this epoch (it rolled over early) waits for the others
+        remaining = {
+            s: (o.n_samples - o.cursor if s in active and o.epoch == epoch else 0)
+            for s, o in self.orders.items()
+        }
+        total = sum(remaining.values())
+        if total == 0:
             self.mixture = MixtureSchedule(self._weights())
+            return
+        self.mixture = MixtureSchedule({s: Fraction(r, total) for s, r in remaining.items()}, until=total)
 
     # ---- order -----------------------------------------------------------------------------------
     def next_batch(self) -> list[tuple[str, int]]:
@@ -405,6 +429,8 @@ class GlobalSampler:
         self._maybe_switch_phase()
         batch = []
         for _ in range(self.global_batch_size):
+            if self.mixture.until is not None and self.mixture.count >= self.mixture.until:
+                self.mixture = MixtureSchedule(self._weights())
             source = self.mixture.next()
             batch.append((source, self.orders[source].next()))
         self.step += 1

@@ -195,5 +195,37 @@ def test_missing_inputs_are_a_clear_error(tiny_tokenizer_dir: Path, tmp_path: Pa
     with pytest.raises(DataError, match="matches no file"):
         run_pack(recipe)
     recipe = recipe_from_dict({"out_dir": str(tmp_path / "run"), "pack": {}})
-    with pytest.raises(DataError, match="no cleaned documents found"):
+    with pytest.raises(DataError, match="no finished data stage output"):
         run_pack(recipe)
+
+
+def test_default_inputs_are_the_data_stage_kept_shards_and_inspect_decodes_them(
+    tiny_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    import zstandard
+    from typer.testing import CliRunner
+
+    from steelforge.data.store_cli import store_app
+
+    recipe = recipe_from_dict(
+        {"out_dir": str(tmp_path / "run"), "tokenizer": str(tiny_tokenizer_dir), "pack": {}}
+    )
+    kept = recipe.stage_dir("data") / "kept"
+    kept.mkdir(parents=True)
+    lines = [
+        json.dumps({"id": str(i), "text": t, "source": "web"}, ensure_ascii=False)
+        for i, t in enumerate(TEXTS)
+        if t
+    ]
+    (kept / "part-00000.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress("\n".join(lines).encode())
+    )
+    with pytest.raises(DataError, match="run `steelforge clean` first"):
+        run_pack(recipe)
+    (recipe.stage_dir("data") / "_SUCCESS").write_text("done")
+    run_pack(recipe)
+    store = TokenStore(recipe.stage_dir("pack"))
+    assert list(store.sources()) == ["web"]
+    result = CliRunner().invoke(store_app, ["inspect", str(store.path), "--samples", "1", "--seq-len", "12"])
+    assert result.exit_code == 0, result.output
+    assert TEXTS[0][:20] in result.output

@@ -218,3 +218,46 @@ def test_resume_with_appended_tokens_keeps_the_epoch_exact() -> None:
     seen += [i for b in _drain(grown, 32) for _, i in b]
     assert sorted(seen) == list(range(200))
     assert grown.state_dict()["sources"]["a"]["epoch"] == 1
+
+
+@FAST
+@given(
+    sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4),
+    batch=st.integers(1, 7),
+    append=st.tuples(st.integers(0, 3), st.integers(0, 80), st.floats(0, 0.9)),
+    seed=st.integers(0, 9),
+)
+def test_one_global_epoch_covers_every_sample_of_every_source_once(
+    sizes: list[int], batch: int, append: tuple[int, int, float], seed: int
+) -> None:
+    """Proportional mixture: one pass over all samples is each sample exactly once, also when a
+    source grows mid-epoch (resumed from a state, as after `store append`)."""
+    seq_len = 4
+    tokens = {f"s{i}": n * seq_len + 1 for i, n in enumerate(sizes)}
+    sampler = GlobalSampler(tokens, global_batch_size=1, phases=[Phase(None, seq_len)], seed=seed)
+    total = sum(sizes)
+    head = [sampler.next_batch()[0] for _ in range(int(append[2] * total))]
+    in_step = len({src["epoch"] for src in sampler.state_dict()["sources"].values()}) == 1
+    grown = dict(tokens)
+    which = f"s{append[0] % len(sizes)}"
+    grown[which] += append[1] * seq_len
+    resumed = GlobalSampler(grown, global_batch_size=1, phases=[Phase(None, seq_len)], seed=seed)
+    resumed.load_state_dict(sampler.state_dict())
+    new_total = sum((t - 1) // seq_len for t in grown.values())
+    expected = sorted((s, i) for s, t in grown.items() for i in range((t - 1) // seq_len))
+    if in_step:  # no source had rolled over early: the rest of the pass is every remaining sample once
+        rest = [resumed.next_batch()[0] for _ in range(new_total - len(head))]
+        assert sorted(head + rest) == expected
+    else:  # a source that finished early takes its new samples in its next epoch; the others catch up
+        for _ in range(new_total):
+            sources = resumed.state_dict()["sources"].values()
+            if all(src["cursor"] == 0 for src in sources) and len({src["epoch"] for src in sources}) == 1:
+                break
+            resumed.next_batch()
+    # every source's epoch ends together, then each pass is every sample exactly once
+    state = resumed.state_dict()
+    assert all(src["cursor"] == 0 for src in state["sources"].values())
+    assert len({src["epoch"] for src in state["sources"].values()}) == 1
+    second = [resumed.next_batch()[0] for _ in range(new_total)]
+    assert sorted(second) == expected
+    del batch
