@@ -92,6 +92,23 @@ def test_merges_identical_to_release(qwen) -> None:
     assert [" ".join(pair) for pair in built] == released
 
 
+def test_merge_recovery_matches_release_on_a_sample() -> None:
+    """`_last_merge` itself (the cached folder may come from an earlier run) on every 50th token."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    released = (
+        shared_path("fixtures", "qwen1.5-tokenizer", "merges.txt").read_text(encoding="utf-8").splitlines()
+    )
+    ranks = tk.read_tiktoken_ranks(tk.qwen_tiktoken_path())
+    multi_byte = [token for token, _ in sorted(ranks.items(), key=lambda kv: kv[1]) if len(token) > 1]
+    assert len(multi_byte) == len(released)
+    byte_to_char = bytes_to_unicode()
+    for index in range(0, len(multi_byte), 50):
+        left, right = tk._last_merge(multi_byte[index], ranks)
+        as_text = "".join(byte_to_char[b] for b in left) + " " + "".join(byte_to_char[b] for b in right)
+        assert as_text == released[index]
+
+
 def test_real_chinese_web_text(qwen, reference) -> None:
     path = shared_path("data", "steel_samples", "2021-31_zh_head_0000_sample.jsonl")
     lines: list[str] = []
