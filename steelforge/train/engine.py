@@ -223,7 +223,8 @@ class Trainer:
                 val = self.eval_fn(self.model)
                 if self.metrics is not None:
                     self.metrics.log(step, val)
-            if self.checkpointer is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            healthy = self.counters["nonfinite_in_row"] == 0  # never checkpoint in the middle of a bad streak
+            if self.checkpointer is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and healthy:
                 self.save()
             if self.export_fn is not None and step in cfg.export_steps:
                 self.export_fn(step, False)

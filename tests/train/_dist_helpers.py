@@ -36,20 +36,26 @@ def tiny_qwen2(vocab: int = 96, hidden: int = 32, layers: int = 2, seed: int = 0
 
 
 def patterned_batches(
-    *, vocab: int = 96, seq: int = 16, micro: int = 4, seed: int = 0, rank: int = 0, world: int = 1
+    *, vocab: int = 96, seq: int = 16, micro: int = 4, seed: int = 0, rank: int = 0, world: int = 1,
+    ignore_frac: float = 0.0,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Infinite learnable micro-batches (arithmetic token sequences, labels shifted by one).
 
     Each global micro-step draws `micro * world` rows from one generator; rank r takes its slice, so a
     run on `world` ranks with micro `m` sees exactly the rows of a single process with micro `m * world`.
+    `ignore_frac` sets that share of labels to -100 at random (uneven valid-token counts per row/rank).
     """
     gen = torch.Generator().manual_seed(seed)
     while True:
         start = torch.randint(0, vocab, (micro * world, 1), generator=gen)
         stride = torch.randint(1, 4, (micro * world, 1), generator=gen)
         rows = (start + stride * torch.arange(seq + 1)) % vocab
-        mine = rows[rank * micro : (rank + 1) * micro]
-        yield {"input_ids": mine[:, :-1].contiguous(), "labels": mine[:, 1:].contiguous()}
+        labels = rows[:, 1:].clone()
+        if ignore_frac > 0:
+            drop = torch.rand(labels.shape, generator=gen) < ignore_frac * torch.rand((micro * world, 1), generator=gen) * 2
+            labels[drop] = -100
+        sl = slice(rank * micro, (rank + 1) * micro)
+        yield {"input_ids": rows[sl, :-1].contiguous(), "labels": labels[sl].contiguous()}
 
 
 def run_distributed(script_or_fn: str | Path | Callable[[], None], nproc: int = 2, timeout: float = 90.0,
@@ -90,3 +96,43 @@ def run_distributed(script_or_fn: str | Path | Callable[[], None], nproc: int = 
             f"torchrun exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def train_tiny(
+    *,
+    steps: int = 4,
+    world: int = 1,
+    rank: int = 0,
+    mesh=None,
+    grad_accum: int = 2,
+    global_micro: int = 4,
+    precision: str = "fp32",
+    data_parallel: str = "auto",
+    ignore_frac: float = 0.3,
+    **speed: object,
+):
+    """Train `tiny_qwen2` for `steps` with the engine (same global batch for any world size)."""
+    from steelforge.train.config import OptimConfig, ParallelConfig, ScheduleConfig, SpeedConfig
+    from steelforge.train.distributed import parallelize
+    from steelforge.train.engine import Trainer, TrainerConfig
+    from steelforge.train.optim import build_optimizer, build_scheduler
+    from steelforge.train.pretrain import causal_lm_loss
+
+    model = tiny_qwen2()
+    speed_cfg = SpeedConfig(precision=precision, **speed)  # type: ignore[arg-type]
+    parallelize(model, mesh, speed_cfg, ParallelConfig(data_parallel=data_parallel))  # type: ignore[arg-type]
+    optim_cfg = OptimConfig(lr=1e-2, weight_decay=0.1)
+    opt = build_optimizer(model, optim_cfg)
+    sched = build_scheduler(opt, ScheduleConfig(warmup_steps=1), total_steps=steps, peak_lr=optim_cfg.lr)
+    batches = patterned_batches(micro=global_micro // world, rank=rank, world=world, ignore_frac=ignore_frac)
+    cfg = TrainerConfig(max_steps=steps, grad_accum=grad_accum, clip_grad_norm=0.5, precision=precision)
+    summary = Trainer(model, causal_lm_loss(), batches, cfg, optimizer=opt, scheduler=sched).fit()
+    return model, summary
+
+
+def full_state(model) -> dict[str, torch.Tensor]:
+    """Consolidated fp32 parameters (FSDP2 shards gathered) on CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().float().clone() for k, v in sd.items()}
