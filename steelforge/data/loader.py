@@ -5,7 +5,9 @@ samples from `GlobalSampler`; rank `r` takes the `r`-th contiguous slice of it a
 `grad_accum` micro-batches. The state is the sampler's state at the start of the current step
 plus how many of this rank's micro-batches were already yielded, so it is the same on every rank
 and a resume with another world size (at a step boundary, same global batch) continues the same
-global sequence. With `num_workers > 0` a torch `DataLoader` prefetches in worker processes;
+global sequence. Sources: one store mixes its own sources (the `source` of each shard); several
+stores mix one source per store, named after the store's folder (the keys of `mixture`). With
+`num_workers > 0` a torch `DataLoader` prefetches in worker processes;
 every batch carries the state right after it, so prefetched batches never leak into the state.
 """
 
@@ -95,12 +97,24 @@ def open_stores(stores: str | Path | Sequence[str | Path]) -> list[TokenStore]:
 
 
 def source_streams(stores: list[TokenStore]) -> dict[str, SourceStream]:
-    """Sources by name across all stores (a source in several stores is concatenated in order)."""
-    parts: dict[str, list[tuple[TokenStore, ShardInfo]]] = {}
+    """The sources the sampler mixes: one store's own sources (the `source` of its shards), or,
+    when several stores are given, one source per store named after its folder (its shards in
+    manifest order, so appended shards extend the stream at its end)."""
+    if len(stores) == 1:
+        parts: dict[str, list[tuple[TokenStore, ShardInfo]]] = {}
+        for shard in stores[0].shards:
+            parts.setdefault(shard.source, []).append((stores[0], shard))
+        return {name: SourceStream(name, p) for name, p in parts.items()}
+    streams: dict[str, SourceStream] = {}
     for store in stores:
-        for shard in store.shards:
-            parts.setdefault(shard.source, []).append((store, shard))
-    return {name: SourceStream(name, p) for name, p in parts.items()}
+        name = store.path.name
+        if name in streams:
+            raise DataError(
+                f"two stores are both named '{name}' ({streams[name].parts[0][0].path} and {store.path}); "
+                "stores are mixed by folder name, so give them distinct folder names"
+            )
+        streams[name] = SourceStream(name, [(store, shard) for shard in store.shards])
+    return streams
 
 
 def _as_phases(phases: Sequence[Any] | None, seq_len: int, mixture: dict[str, float] | None) -> list[Phase]:

@@ -362,7 +362,7 @@ def run_pack(recipe: Any) -> StageReport:
     report.add("input files", len(files))
     report.add("documents", counts["docs"])
     report.add("tokens", counts["tokens"])
-    report.add("tokens/s", counts["tokens"] / max(seconds, 1e-9))
+    report.add("tokens/s", round(counts["tokens"] / max(seconds, 1e-9)))
     for source, shards in _by_source(manifest.shards).items():
         report.add(f"source {source}", f"{sum(s.tokens for s in shards):,} tokens in {len(shards)} shard(s)")
     report.outputs["store"] = out

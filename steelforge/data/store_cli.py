@@ -88,6 +88,7 @@ def draw_token_distribution(stats: dict[str, dict[str, int]], path: Path, title:
     ax_bar.set_xlabel("tokens")
     for i, t in enumerate(tokens):
         ax_bar.text(t, i, f" {t:,}", va="center", fontsize=8)
+    ax_bar.set_xlim(0, max(tokens, default=1) * 1.25)
     ax_bar.invert_yaxis()
     fig.suptitle(title)
     fig.tight_layout()

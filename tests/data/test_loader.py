@@ -210,3 +210,18 @@ def test_bad_inputs_fail_before_training(store: Path, tmp_path: Path) -> None:
     (copy / shard.file).write_bytes(bytes(data))
     with pytest.raises(DataError, match=f"fails verification: shard '{shard.file}' md5 differs"):
         _loader(copy).load_state_dict(state)
+
+
+def test_several_stores_are_mixed_by_folder_name(tmp_path: Path) -> None:
+    web = _write(tmp_path / "web", seed=3, sources=("a", "b"))
+    code = _write(tmp_path / "code", seed=4, sources=("c",))
+    loader = _loader([web, code], mixture={"web": 0.5, "code": 0.5}, micro_batch_size=4, grad_accum=1)
+    code_tokens = {int(t) for s in TokenStore(code).shards for t in TokenStore(code).tokens(s)}
+    web_tokens = {int(t) for s in TokenStore(web).shards for t in TokenStore(web).tokens(s)}
+    for batch in _take(loader, 5):
+        from_code = [set(row) <= code_tokens for row in batch["input_ids"].tolist()]
+        from_web = [set(row) <= web_tokens for row in batch["input_ids"].tolist()]
+        assert sum(from_code) >= 2 and sum(from_web) >= 2  # 2 + 2 of every 4 (random ids barely overlap)
+    twin = _write(tmp_path / "other" / "web", seed=5)
+    with pytest.raises(DataError, match="both named 'web'"):
+        _loader([web, twin], mixture=None)
