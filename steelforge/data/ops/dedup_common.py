@@ -6,8 +6,10 @@ cluster of the earliest document it is connected to, and that earliest document 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import regex
 
 # One token per CJK character (Han, kana, Hangul); everything else splits on whitespace.
@@ -57,6 +59,41 @@ def shingles(
     stop = n - window if dj_off_by_one else n - window + 1
     joiner = "" if isinstance(tokens, str) else " "
     return {joiner.join(tokens[i : i + window]).encode("utf-8") for i in range(max(stop, 0))}
+
+
+_POLY = np.uint64(0x100000001B3)  # odd multiplier of the rolling n-gram combination (FNV prime)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads every input bit over the whole 64-bit word (vectorised)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def shingle_hashes(tokens: list[str] | str, window: int) -> np.ndarray:
+    """Distinct 64-bit hashes of the n-grams of `tokens`, computed with numpy instead of joined strings.
+
+    Each distinct token is hashed once (BLAKE2b, 8 bytes); an n-gram is the polynomial combination of
+    its tokens' hashes (order matters), then mixed. The window shrinks to the document's length, so
+    only a document without tokens has no shingle (the language-aware rule).
+    """
+    n = len(tokens)
+    window = min(window, n)
+    if window == 0:
+        return np.empty(0, dtype=np.uint64)
+    cache: dict[str, int] = {}
+    for tok in tokens:
+        if tok not in cache:
+            cache[tok] = int.from_bytes(
+                hashlib.blake2b(tok.encode("utf-8"), digest_size=8).digest(), "little"
+            )
+    ids = np.fromiter((cache[t] for t in tokens), dtype=np.uint64, count=n)
+    grams = np.lib.stride_tricks.sliding_window_view(ids, window)
+    powers = np.array([pow(int(_POLY), k, 1 << 64) for k in range(window)], dtype=np.uint64)
+    return np.unique(_mix64((grams * powers).sum(axis=1, dtype=np.uint64)))
 
 
 class UnionFind:

@@ -8,8 +8,9 @@ are connected components and the first document in input order is kept.
 
 `data_juicer` semantics keeps its quirk: a document with at most `window_size` tokens gets no
 shingle, simhash 0, and all such documents collapse into one cluster. `language_aware` shingles
-CJK text by character, shortens the window for short documents, and never marks a document without
-shingles as a duplicate.
+CJK text by character, shortens the window for short documents, never marks a document without
+shingles as a duplicate, and hashes n-grams with numpy (`dedup_common.shingle_hashes`) instead of
+MD5 over joined strings (same distribution, several times faster).
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import numpy as np
 import regex
 
 from steelforge.data.ops.base import Deduplicator, Semantics, register_op
-from steelforge.data.ops.dedup_common import UnionFind, duplicates_from_union_find, shingles, tokens_for
+from steelforge.data.ops.dedup_common import (
+    UnionFind,
+    duplicates_from_union_find,
+    shingle_hashes,
+    shingles,
+    tokens_for,
+)
 
 _BITS = np.arange(64, dtype=np.uint64)
 
@@ -32,11 +39,11 @@ def shingle_hash(shingle: bytes) -> int:
     return int.from_bytes(hashlib.md5(shingle).digest()[:8], "big")
 
 
-def simhash(hashes: Sequence[int]) -> int:
+def simhash(hashes: Sequence[int] | np.ndarray) -> int:
     """Per-bit majority of 64-bit hashes (bit set when more hashes have it set than not); 0 for none."""
-    if not hashes:
+    if len(hashes) == 0:
         return 0
-    arr = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+    arr = np.asarray(hashes, dtype=np.uint64)
     ones = ((arr[:, None] >> _BITS) & np.uint64(1)).sum(axis=0)
     bits = ones * 2 > len(hashes)
     return int((bits.astype(np.uint64) << _BITS).sum())
@@ -87,14 +94,10 @@ class DocumentSimhashDeduplicator(Deduplicator):
         if self.ignore_pattern is not None:
             text = self.ignore_pattern.sub("", text)
         tokens = tokens_for(text, self.tokenization, self.language_aware)
-        grams = shingles(
-            tokens,
-            self.window_size,
-            dj_off_by_one=not self.language_aware,
-            language_aware=self.language_aware,
-        )
-        if not grams and self.language_aware:
-            return None
+        if self.language_aware:
+            hashes = shingle_hashes(tokens, self.window_size)
+            return simhash(hashes) if len(hashes) else None
+        grams = shingles(tokens, self.window_size, dj_off_by_one=True, language_aware=False)
         return simhash([shingle_hash(g) for g in grams])
 
     def _blocks(self) -> list[tuple[int, int]]:
