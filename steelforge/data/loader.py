@@ -296,8 +296,8 @@ class TokenLoader:
         while True:
             seq_len = sampler.peek_seq_len()
             step_state = sampler.state_dict()
-            batch = sampler.next_batch()
-            mine = batch[self.rank * per_rank : (self.rank + 1) * per_rank]
+            want = range(self.rank * per_rank, (self.rank + 1) * per_rank)
+            mine = sampler.next_batch(want)[want.start : want.stop]
             after_step = sampler.state_dict()
             for a in range(skip, self.grad_accum):
                 if counter % n_workers == worker:

@@ -143,9 +143,10 @@ class SourceOrder:
                 return self.segments[s - 1].total + (m - previous_remaining)
             position, s = seg.start + m, s - 1
 
-    def next(self) -> int:
-        """The next sample index; rolls over into a new epoch (a new permutation) at the end."""
-        index = self.sample_at(self.cursor)
+    def next(self, lookup: bool = True) -> int:
+        """The next sample index (-1 when `lookup` is false: another rank reads it); rolls over
+        into a new epoch (a new permutation) at the end."""
+        index = self.sample_at(self.cursor) if lookup else -1
         self.cursor += 1
         if self.cursor >= self.n_samples:
             self.epoch += 1
@@ -424,15 +425,18 @@ class GlobalSampler:
         self.mixture = MixtureSchedule({s: Fraction(r, total) for s, r in remaining.items()}, until=total)
 
     # ---- order -----------------------------------------------------------------------------------
-    def next_batch(self) -> list[tuple[str, int]]:
-        """The next global batch (switching phase first if its token budget is spent)."""
+    def next_batch(self, want: range | None = None) -> list[tuple[str, int]]:
+        """The next global batch (switching phase first if its token budget is spent).
+
+        With `want` (a rank's positions in the global batch) only those samples' indices are
+        computed; the others are advanced past and come back as -1."""
         self._maybe_switch_phase()
         batch = []
-        for _ in range(self.global_batch_size):
+        for k in range(self.global_batch_size):
             if self.mixture.until is not None and self.mixture.count >= self.mixture.until:
                 self.mixture = MixtureSchedule(self._weights())
             source = self.mixture.next()
-            batch.append((source, self.orders[source].next()))
+            batch.append((source, self.orders[source].next(lookup=want is None or k in want)))
         self.step += 1
         self.tokens += self.tokens_per_step
         return batch
