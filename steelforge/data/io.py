@@ -20,6 +20,7 @@ import gzip
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 SUFFIXES: tuple[str, ...] = (".jsonl.zst", ".jsonl.gz", ".jsonl", ".json", ".parquet")
 _READ_CHUNK = 1 << 20
 _PARQUET_BATCH = 1024
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass
@@ -82,6 +84,7 @@ def _open_binary(path: Path, fmt: str) -> IO[bytes]:
 def _excerpt(raw: bytes | str, limit: int = 200) -> str:
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
+    raw = _SURROGATE.sub("\ufffd", raw)
     return raw.strip()[:limit]
 
 
@@ -117,19 +120,16 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadReco
     """Decode a top-level JSON array element by element (bounded memory); rows are numbered by line."""
     decoder = json.JSONDecoder()
     with open(path, "rb") as stream:
-        reader = io.TextIOWrapper(stream, encoding="utf-8", errors="strict")
+        # surrogateescape keeps undecodable bytes as lone surrogates, so one bad element can be reported
+        # (and skipped) instead of stopping the whole file.
+        reader = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape")
         buf, pos, line, eof = "", 0, 1, False
 
         def fill() -> bool:
             nonlocal buf, pos, eof
             if eof:
                 return False
-            try:
-                chunk = reader.read(_READ_CHUNK)
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"'{path}' is not UTF-8 near line {line} ({exc.reason}); re-encode it as UTF-8"
-                ) from None
+            chunk = reader.read(_READ_CHUNK)
             if not chunk:
                 eof = True
                 return False
@@ -168,7 +168,12 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadReco
                         raise DataError(f"'{path}' has bad JSON at line {line}: {exc.msg}") from None
             start_line = line
             line += buf.count("\n", pos, end)
-            if isinstance(value, dict):
+            if _SURROGATE.search(buf, pos, end):
+                yield (
+                    start_line,
+                    BadRecord(str(path), start_line, "non-UTF-8 bytes", excerpt=_excerpt(buf[pos:end])),
+                )
+            elif isinstance(value, dict):
                 yield start_line, value
             else:
                 kind = type(value).__name__

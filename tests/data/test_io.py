@@ -65,6 +65,15 @@ def test_malformed_rows_name_file_and_line(tmp_path: Path) -> None:
         list(iter_records(path))
 
 
+def test_json_array_reports_a_non_utf8_element_and_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "arr.json"
+    path.write_bytes(b'[\n{"text": "a"},\n{"text": "caf\xe9"},\n{"text": "c"}\n]')
+    rows = list(iter_rows(path))
+    assert [r["text"] for _, r in rows if isinstance(r, dict)] == ["a", "c"]
+    bad = [(n, r.reason) for n, r in rows if isinstance(r, BadRecord)]
+    assert bad == [(3, "non-UTF-8 bytes")]
+
+
 def test_documents_map_fields_and_report_missing_or_empty_text(tmp_path: Path) -> None:
     path = tmp_path / "src.jsonl.gz"
     rows = [{"content": "a b c", "lang": "en"}, {"other": 1}, {"content": "  "}, {"content": "d"}]

@@ -227,3 +227,19 @@ def test_property_kept_rejected_and_errors_partition_the_input(
     everything = kept + rejected + errors
     assert len(everything) == len(set(everything)), "no document in two places"
     assert set(everything) == input_ids
+
+
+def test_synthetic_source_is_materialised_then_cleaned(tmp_path: Path) -> None:
+    config = CleanConfig(
+        inputs=[{"name": "demo", "synthetic": {"num_docs": 60, "seed": 1}}],
+        process=[{"document_deduplicator": {}}, {"document_simhash_deduplicator": {}}],
+    )
+    result = run_pipeline(config, tmp_path / "clean", raw_dir=tmp_path / "raw")
+    raw = list((tmp_path / "raw").glob("*.jsonl"))
+    assert len(raw) == 1
+    raw_ids = [r["id"] for r in iter_records(raw[0])]
+    kept = list(read_shards(result.kept_paths))
+    rejected = [r for p in result.rejected_paths for r in iter_records(p)]
+    assert sorted([d["id"] for d in kept] + [r["id"] for r in rejected]) == sorted(raw_ids)
+    assert {d["source"] for d in kept} <= {r["source"] for r in iter_records(raw[0])}
+    assert all(r["duplicate_of"] in raw_ids for r in rejected)
