@@ -186,6 +186,7 @@ class TokenLoader:
             for store in self._stores:
                 check_tokenizer(store, tokenizer_fingerprint)
         self._streams = source_streams(self._stores)
+        self._store_marks = [[len(s.shards), s.fingerprint()] for s in self._stores]
         sampler = self._new_sampler()
         self._state: dict[str, Any] = self._pack_state(sampler.state_dict(), 0)
 
@@ -219,7 +220,7 @@ class TokenLoader:
             "version": LOADER_STATE_VERSION,
             "world_size": self.world_size,
             "micro": micro,
-            "stores": [[len(s.shards), s.fingerprint()] for s in self._stores],
+            "stores": self._store_marks,
             "sampler": sampler_state,
         }
 
@@ -242,7 +243,7 @@ class TokenLoader:
         self._restore_sampler(state)  # validates seed, global batch size, phases and appends now
         self._state = json.loads(json.dumps(state))
         self._state["world_size"] = self.world_size
-        self._state["stores"] = [[len(s.shards), s.fingerprint()] for s in self._stores]
+        self._state["stores"] = self._store_marks
 
     def _check_stores(self, recorded: list[list[Any]]) -> None:
         if len(recorded) != len(self._stores):

@@ -324,6 +324,8 @@ class GlobalSampler:
         self.step = 0
         self.tokens = 0
         self.phase = 0
+        for index in range(len(self.phases)):  # every phase is checked before training starts
+            self._weights(index)
         self._start_phase(0)
 
     # ---- phases ----------------------------------------------------------------------------------
@@ -338,26 +340,27 @@ class GlobalSampler:
     def _n_samples(self, source: str, seq_len: int) -> int:
         return max(0, (self.source_tokens[source] - 1) // seq_len)
 
-    def _weights(self) -> dict[str, Fraction]:
-        phase = self.phases[self.phase]
+    def _weights(self, phase_index: int | None = None) -> dict[str, Fraction]:
+        index = self.phase if phase_index is None else phase_index
+        phase = self.phases[index]
         names = list(self.source_tokens)
         if phase.mixture is not None:
-            weights = parse_weights(phase.mixture, names, f"phase {self.phase} mixture")
+            weights = parse_weights(phase.mixture, names, f"phase {index} mixture")
         else:
             counts = {s: self._n_samples(s, phase.seq_len) for s in names}
             total = sum(counts.values())
             if total == 0:
-                raise self._too_short(max(names, key=lambda s: self.source_tokens[s]))
+                raise self._too_short(max(names, key=lambda s: self.source_tokens[s]), phase.seq_len)
             weights = {s: Fraction(c, total) for s, c in counts.items()}
         for s, w in weights.items():
             if w > 0 and self._n_samples(s, phase.seq_len) == 0:
-                raise self._too_short(s)
+                raise self._too_short(s, phase.seq_len)
         return weights
 
-    def _too_short(self, source: str) -> DataError:
+    def _too_short(self, source: str, seq_len: int) -> DataError:
         return DataError(
-            f"seq_len {self.seq_len} is larger than source '{source}' can supply ({self.source_tokens[source]} tokens, "
-            f"a sample needs seq_len + 1 = {self.seq_len + 1}); lower seq_len or give that source weight 0"
+            f"seq_len {seq_len} is larger than source '{source}' can supply ({self.source_tokens[source]} tokens, "
+            f"a sample needs seq_len + 1 = {seq_len + 1}); lower seq_len or give that source weight 0"
         )
 
     def _source_key(self, source: str) -> int:
@@ -402,8 +405,9 @@ class GlobalSampler:
             if s in self.orders:
                 if n > 0:
                     self.orders[s].grow(n)
-            else:
-                self.orders[s] = SourceOrder(s, max(1, n), self._source_key(s))
+            else:  # a new source joins the epoch the others are in
+                epoch = min((o.epoch for o in self.orders.values()), default=0)
+                self.orders[s] = SourceOrder(s, max(1, n), self._source_key(s), epoch=epoch)
         if self.phases[self.phase].mixture is None:
             self._mix_remaining_epoch()
 

@@ -182,6 +182,11 @@ def test_phases_switch_at_exact_token_counts() -> None:
         ([Phase(None, 4, {"a": 0.5, "b": 0.4})], {"a": 100, "b": 100}, "sum to 0.9"),
         ([Phase(None, 4, {"a": 0.5, "zz": 0.5})], {"a": 100}, "unknown source"),
         ([Phase(None, 64, {"a": 0.5, "b": 0.5})], {"a": 1000, "b": 30}, "larger than source 'b'"),
+        (
+            [Phase(100, 4), Phase(None, 64, {"a": 0.5, "b": 0.5})],
+            {"a": 1000, "b": 30},
+            "seq_len 64 is larger",
+        ),
     ],
 )
 def test_bad_settings_are_one_clear_sentence(
@@ -261,3 +266,14 @@ def test_one_global_epoch_covers_every_sample_of_every_source_once(
     second = [resumed.next_batch()[0] for _ in range(new_total)]
     assert sorted(second) == expected
     del batch
+
+
+def test_a_new_source_joins_the_current_epoch_under_proportional_weights() -> None:
+    sampler = GlobalSampler({"a": 41}, global_batch_size=4, phases=[Phase(None, 4)])
+    _drain(sampler, 7)  # 28 samples: a is in its third epoch (10 samples each)
+    resumed = GlobalSampler({"a": 41, "b": 21}, global_batch_size=4, phases=[Phase(None, 4)])
+    resumed.load_state_dict(sampler.state_dict())
+    rest = [x for b in _drain(resumed, 3) for x in b]  # a: 2 left in its epoch, b: 5 new
+    assert Counter(s for s, _ in rest[:7]) == {"a": 2, "b": 5}
+    state = resumed.state_dict()["sources"]
+    assert state["a"]["epoch"] == state["b"]["epoch"] == 3
