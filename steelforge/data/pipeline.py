@@ -304,7 +304,7 @@ def resolve_inputs(config: CleanConfig, raw_dir: Path) -> list[InputFile]:
 
 
 def materialise_synthetic(config: CleanConfig, raw_dir: Path) -> None:
-    """Write the generated demo corpus once (atomically) so it is read like any other input."""
+    """Write the generated demo corpus once (`write_corpus` is atomic) so it is read like any other input."""
     for spec in config.inputs:
         if spec.synthetic is None:
             continue
@@ -313,9 +313,7 @@ def materialise_synthetic(config: CleanConfig, raw_dir: Path) -> None:
             continue
         from steelforge.data.synthetic import write_corpus
 
-        write_corpus(
-            path, spec.synthetic.num_docs, spec.synthetic.seed
-        )  # atomic: temporary file, then rename
+        write_corpus(path, spec.synthetic.num_docs, spec.synthetic.seed)
 
 
 def fingerprint(config: CleanConfig, files: list[InputFile]) -> str:
@@ -403,7 +401,8 @@ class _FileSink:
         )  # fmt: skip
         self.rejected = ShardWriter(run.layout.rejected, f"{f.task}.p{piece.index}", max_bytes=None)
         self.sig_tmp = self.work / f".{f.task}.sig.tmp"
-        self.sig_stream = open(self.sig_tmp, "wb")  # noqa: SIM115  (closed in finish)
+        # Signatures of the survivors, for the deduplicator that follows this piece (if any).
+        self.sig_stream = open(self.sig_tmp, "wb") if piece.signer is not None else None  # noqa: SIM115
         self.totals: dict[int, list[float]] = {}
         self.traces: dict[int, list[dict[str, str]]] = {}
         self.sign_seconds = 0.0
@@ -414,7 +413,7 @@ class _FileSink:
             self.kept.write(doc)
         for record in result.rejected:
             self.rejected.write(record)
-        if result.signatures is not None:
+        if result.signatures is not None and self.sig_stream is not None:
             pairs = [(d["id"], sig) for d, sig in zip(result.kept, result.signatures, strict=True)]
             pickle.dump(pairs, self.sig_stream, protocol=5)
         for index, values in result.stats.items():
@@ -435,12 +434,10 @@ class _FileSink:
         """Close every output, then write the stats and the completion marker (in that order)."""
         self.kept.close()
         self.rejected.close()
-        self.sig_stream.close()
         task = self.file.task
-        if self.piece.signer is not None:
+        if self.sig_stream is not None:
+            self.sig_stream.close()
             os.replace(self.sig_tmp, self.work / f"{task}.sig")
-        else:
-            self.sig_tmp.unlink()
         stats = {
             "docs_in": self.n_in, "kept": self.n_kept, "rejected": self.n_rejected, "errors": errors,
             "chars_in": self.chars_in, "chars_out": self.chars_out,
