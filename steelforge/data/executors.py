@@ -134,7 +134,9 @@ def make_executor(kind: str, num_workers: int) -> Executor:
         except ImportError as exc:
             from steelforge.errors import RecipeError
 
-            raise RecipeError("data.executor is 'ray' but ray is not installed; pip install 'steelforge[ray]'") from exc
+            raise RecipeError(
+                "data.executor is 'ray' but ray is not installed; pip install 'steelforge[ray]'"
+            ) from exc
     if kind != "local":
         from steelforge.errors import RecipeError
 
