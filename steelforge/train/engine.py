@@ -97,6 +97,7 @@ class Trainer:
         eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
         export_fn: Callable[[int, bool], Any] | None = None,
         stop_signal: Any = None,
+        tokens_per_step: Callable[[], int] | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -111,6 +112,9 @@ class Trainer:
         self.eval_fn = eval_fn
         self.export_fn = export_fn
         self.stop_signal = stop_signal
+        # Multi-phase runs change the sequence length: ask the data side each step when it can tell.
+        self.tokens_per_step = tokens_per_step or (lambda: cfg.tokens_per_step)
+        self._last_step_tokens = 0
         self.rank, self.world_size = _world()
         self.counters: dict[str, Any] = {"step": 0, "tokens": 0, "skipped": 0, "nonfinite_in_row": 0}
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -152,6 +156,7 @@ class Trainer:
         tokens = torch.zeros((), dtype=torch.float64, device=self.cfg.device)
         if self.batches is None:
             self.batches = iter(self.batch_source)
+        step_tokens = int(self.tokens_per_step())
         for _ in range(self.cfg.grad_accum):
             batch = next(self.batches)
             with autocast_context(self.model, self.cfg.precision, self.cfg.device):
@@ -185,7 +190,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.counters["step"] += 1
-        self.counters["tokens"] += self.cfg.tokens_per_step
+        self.counters["tokens"] += step_tokens
+        self._last_step_tokens = step_tokens
         return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "finite": float(finite), "valid_tokens": global_tokens}
 
     def _grads_averaged(self) -> bool:
@@ -253,7 +259,7 @@ class Trainer:
         }
 
     def _step_metrics(self, last: dict[str, float], dt: float) -> dict[str, float]:
-        tps_device = self.cfg.tokens_per_step / self.world_size / dt if dt > 0 else 0.0
+        tps_device = self._last_step_tokens / self.world_size / dt if dt > 0 else 0.0
         metrics = {
             "loss": last["loss"],
             "lr": last["lr"],

@@ -181,6 +181,8 @@ def run_pretrain(recipe: Any) -> StageReport:
     cfg: PretrainConfig = recipe.pretrain
     out = recipe.stage_dir("pretrain")
     env = init_distributed(cfg.parallel)
+    if not env.is_main:
+        console.quiet = True  # one console under torchrun: rank 0 speaks for every rank
     grad_accum, global_batch = cfg.resolve_batch(env.world_size)
     tokenizer = load_tokenizer(recipe.tokenizer)
     fingerprint = tokenizer_fingerprint(tokenizer)
@@ -249,6 +251,7 @@ def run_pretrain(recipe: Any) -> StageReport:
                 eval_fn=eval_fn,
                 export_fn=export,
                 stop_signal=stop,
+                tokens_per_step=lambda: loader.tokens_per_step,
             )
             summary = trainer.fit()
         metrics.plot()

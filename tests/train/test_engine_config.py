@@ -1,0 +1,58 @@
+"""The `pretrain:` section: typed defaults, batch arithmetic at run time, one-sentence errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from steelforge.errors import RecipeError
+from steelforge.recipe import load_recipe, recipe_from_dict
+from steelforge.train.config import PretrainConfig
+
+
+def _recipe(**pretrain):
+    return recipe_from_dict({"model": {"preset": "tiny-steel"}, "pretrain": pretrain})
+
+
+def test_global_batch_must_divide_by_micro_batch_times_world_size() -> None:
+    cfg = PretrainConfig(micro_batch_size=4, global_batch_size=24)
+    assert cfg.resolve_batch(1) == (6, 24)
+    assert cfg.resolve_batch(2) == (3, 24)
+    with pytest.raises(RecipeError, match=r"'pretrain.global_batch_size' = 24 is not divisible by .* 4 x 4.* multiple of 16"):
+        cfg.resolve_batch(4)
+
+
+def test_global_batch_in_tokens() -> None:
+    cfg = PretrainConfig(seq_len=64, micro_batch_size=2, global_batch_tokens=64 * 8)
+    assert cfg.resolve_batch(2) == (2, 8)
+    assert PretrainConfig(micro_batch_size=2, grad_accum=3).resolve_batch(4) == (3, 24)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"grad_accum": 2, "global_batch_size": 16}, "set only one of grad_accum, global_batch_size"),
+        ({"micro_batch_size": 3, "global_batch_size": 16}, "not a multiple of micro_batch_size 3"),
+        ({"val_every": 10}, "val_every is set but val_store is not"),
+        ({"seq_len": 64, "phases": [{"seq_len": 128}]}, "differs from the first phase's seq_len 128"),
+    ],
+)
+def test_invalid_settings_name_key_value_and_fix(fields: dict, message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        _recipe(**fields)
+
+
+def test_unknown_switch_is_rejected_with_a_suggestion() -> None:
+    with pytest.raises(RecipeError, match="did you mean 'precision'"):
+        _recipe(speed={"precison": "bf16"})
+
+
+def test_reference_recipes_load_with_paper_settings() -> None:
+    steel = load_recipe("steel-1b/pretrain").pretrain
+    assert (steel.seq_len, steel.micro_batch_size, steel.resolve_batch(8)[0]) == (2048, 8, 8)
+    assert steel.optim.betas == (0.9, 0.95) and steel.optim.weight_decay == 0.05 and steel.optim.lr == 3e-4
+    assert steel.schedule.warmup_steps == 2000 and steel.schedule.min_lr == 0.0 and steel.clip_grad_norm == 1.0
+    assert steel.speed.precision == "bf16" and steel.parallel.data_parallel == "fsdp"
+    moxin = load_recipe("moxin-7b/pretrain").pretrain
+    assert moxin.phases is not None and len(moxin.phases) == 3
+    assert [p.seq_len for p in moxin.phases] == [2048, 4096, 4096]
+    assert moxin.schedule.min_lr_ratio == 0.1 and moxin.optim.weight_decay == 0.1
