@@ -210,15 +210,16 @@ class TokenLoader:
             tokens, global_batch_size=self.global_batch_size, phases=self.phases, seed=self.seed
         )
 
-    def _restore_sampler(self, state: dict[str, Any]) -> GlobalSampler:
+    def _restore_sampler(self, state: dict[str, Any], take_appends: bool = True) -> GlobalSampler:
         sampler = self._new_sampler()
-        sampler.load_state_dict(state["sampler"])
+        sampler.load_state_dict(state["sampler"], take_appends=take_appends)
         return sampler
 
     def _pack_state(self, sampler_state: dict[str, Any], micro: int) -> dict[str, Any]:
         return {
             "version": LOADER_STATE_VERSION,
             "world_size": self.world_size,
+            "micro_batch_size": self.micro_batch_size,
             "micro": micro,
             "stores": self._store_marks,
             "sampler": sampler_state,
@@ -234,16 +235,17 @@ class TokenLoader:
             raise DataError(
                 f"loader state version {state.get('version')} is not {LOADER_STATE_VERSION}; it comes from another release"
             )
-        if state["micro"] and state["world_size"] != self.world_size:
+        layout = (state["world_size"], state.get("micro_batch_size", self.micro_batch_size))
+        if state["micro"] and layout != (self.world_size, self.micro_batch_size):
             raise DataError(
                 f"the checkpoint was taken mid-accumulation (micro-batch {state['micro']} of {self.grad_accum}) with world size "
-                f"{state['world_size']}; resume with world size {state['world_size']} or from a checkpoint at a step boundary"
+                f"{layout[0]} and micro-batch size {layout[1]}; resume with those or from a checkpoint at a step boundary"
             )
         self._check_stores(state["stores"])
-        self._restore_sampler(state)  # validates seed, global batch size, phases and appends now
-        self._state = json.loads(json.dumps(state))
-        self._state["world_size"] = self.world_size
-        self._state["stores"] = self._store_marks
+        sampler = self._restore_sampler(state)  # validates seed, global batch size, phases and appends
+        if state["micro"]:  # mid-step: appends are taken in after this step (see `_generate`)
+            sampler = self._restore_sampler(state, take_appends=False)
+        self._state = self._pack_state(sampler.state_dict(), int(state["micro"]))
 
     def _check_stores(self, recorded: list[list[Any]]) -> None:
         if len(recorded) != len(self._stores):
@@ -290,8 +292,10 @@ class TokenLoader:
         self, state: dict[str, Any], worker: int, n_workers: int
     ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         """(micro-batch, state after it) from `state` on; worker `w` of `n` builds every n-th batch."""
-        sampler = self._restore_sampler(state)
         skip = int(state["micro"])
+        # a step begun before shards were appended is finished with the old order, then they join
+        sampler = self._restore_sampler(state, take_appends=not skip)
+        grow_after_step = bool(skip)
         counter = 0
         per_rank = self.micro_batch_size * self.grad_accum
         while True:
@@ -299,6 +303,9 @@ class TokenLoader:
             step_state = sampler.state_dict()
             want = range(self.rank * per_rank, (self.rank + 1) * per_rank)
             mine = sampler.next_batch(want)[want.start : want.stop]
+            if grow_after_step:
+                sampler.update_sources(sampler.current_sizes)
+                grow_after_step = False
             after_step = sampler.state_dict()
             for a in range(skip, self.grad_accum):
                 if counter % n_workers == worker:

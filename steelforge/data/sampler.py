@@ -318,6 +318,7 @@ class GlobalSampler:
             if phase.mixture is not None:
                 parse_weights(phase.mixture, list(source_tokens), "phase mixture")
         self.source_tokens = dict(source_tokens)
+        self.current_sizes = dict(source_tokens)  # the stores' sizes now (source_tokens: as sampled so far)
         self.global_batch_size = global_batch_size
         self.phases = list(phases)
         self.seed = seed
@@ -469,8 +470,9 @@ class GlobalSampler:
             "sources": {s: order.state_dict() for s, order in self.orders.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a position; then `update_sources` with the current sizes to take in appends."""
+    def load_state_dict(self, state: dict[str, Any], take_appends: bool = True) -> None:
+        """Restore a position, then take in appends (`update_sources` with the current sizes)
+        unless `take_appends` is false (the caller does it later, e.g. after finishing a step)."""
         if state.get("version") != STATE_VERSION:
             raise DataError(
                 f"sampler state version {state.get('version')} is not {STATE_VERSION}; it comes from another release"
@@ -495,4 +497,6 @@ class GlobalSampler:
         self.orders = {
             s: SourceOrder.from_state(s, self._source_key(s), st) for s, st in state["sources"].items()
         }
-        self.update_sources(current_tokens)
+        self.current_sizes = current_tokens
+        if take_appends:
+            self.update_sources(current_tokens)
