@@ -82,11 +82,13 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a summary table; numbers are right-aligned and formatted with thousands separators."""
+def print_table(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, text_columns: bool = False
+) -> None:
+    """Print a summary table; numbers are right-aligned (all columns left-aligned with `text_columns`)."""
     table = Table(title=title, title_justify="left", show_lines=False)
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(name, justify="left" if i == 0 or text_columns else "right")
     for row in rows:
         table.add_row(*(format_value(v) for v in row))
     console.print(table)

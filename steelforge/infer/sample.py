@@ -21,10 +21,12 @@ def generate_samples(
 ) -> list[str]:
     """Continue each prompt with the model in `model_dir` (greedy when temperature is 0)."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     from steelforge.models.loading import load_model
     from steelforge.tokenizer import load_tokenizer
 
+    hf_logging.disable_progress_bar()
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise SteelforgeError(f"model folder '{model_dir}' has no config.json; pass an exported model folder (e.g. runs/demo/pretrain/hf)")
@@ -53,7 +55,7 @@ def generate_samples(
 
 def print_samples(prompts: list[str] | tuple[str, ...], outputs: list[str]) -> None:
     rows = [(p, (o.replace("\n", "⏎"))[:120]) for p, o in zip(prompts, outputs, strict=True)]
-    print_table("samples", ["prompt", "continuation"], rows)
+    print_table("samples", ["prompt", "continuation"], rows, text_columns=True)
 
 
 def sample_after_pretrain(recipe) -> list[tuple[str, str]]:
