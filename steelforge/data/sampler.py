@@ -13,9 +13,12 @@ The order is a function of (seed, source sizes, appends, mixture, phase) only:
 * **Appends** add a `Segment` at the current cursor: the untrained remainder of the epoch and the
   new samples are reshuffled together by a fresh permutation over the "remaining" set, so within
   the epoch no sample is lost or repeated. A lookup walks back through the segments (a handful).
-* **Mixtures** pick the source of each global sample by smooth weighted round robin over exact
-  rational weights: after every `k` samples each source has had `round(k * w)` of them, within
-  one, and exactly `k * w` whenever that is an integer (e.g. 8/2 of every 10 for 80/20).
+* **Mixtures** pick the source of each global sample deterministically (Tijdeman's algorithm
+  over exact rational weights): after any `k` samples each source has had `k * w` of them within
+  less than one, hence exactly `k * w` whenever that is an integer (8/2 of every 10 for 80/20).
+  Without weights, sources are weighted by their sample counts, so one pass over all samples
+  visits each exactly once; after an append the rest of that pass is weighted by what is left of
+  each source's epoch, so the pass still ends together for every source.
 * **Phases** `(until_tokens, seq_len, mixture)` switch at the first optimizer-step boundary at or
   after `until_tokens` consumed tokens (exactly there when it is a multiple of the step's tokens);
   a new phase starts fresh epochs of every source at its own `seq_len`.
