@@ -38,7 +38,8 @@ def _store(path: Path, seed: int = 0, fingerprint: str = "tok-a", shard_tokens: 
     return path
 
 
-def test_write_then_read_gives_back_every_document(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shard_tokens", [7, 37])  # 7: documents span several shards
+def test_write_then_read_gives_back_every_document(tmp_path: Path, shard_tokens: int) -> None:
     docs = _docs(1)
     write_token_store(
         tmp_path / "s",
@@ -47,7 +48,7 @@ def test_write_then_read_gives_back_every_document(tmp_path: Path) -> None:
         tokenizer_fingerprint="fp",
         separator_token="<sep>",
         separator_id=SEP,
-        shard_tokens=37,
+        shard_tokens=shard_tokens,
     )
     store = TokenStore(tmp_path / "s")
     raw = json.loads((tmp_path / "s" / MANIFEST).read_text())
@@ -55,7 +56,7 @@ def test_write_then_read_gives_back_every_document(tmp_path: Path) -> None:
     assert raw["tokenizer"] == {"name": "tiny", "fingerprint": "fp"}
     for source, shards in store.sources().items():
         # every shard but the last is exactly shard_tokens long; the raw file is little-endian uint32
-        assert all(s.tokens == 37 for s in shards[:-1])
+        assert all(s.tokens == shard_tokens for s in shards[:-1])
         first = np.fromfile(tmp_path / "s" / shards[0].file, dtype="<u4")
         assert first.tolist() == store.tokens(shards[0]).tolist()
         stream = np.concatenate([np.asarray(store.tokens(s)) for s in shards])
