@@ -83,11 +83,26 @@ class LocalExecutor:
                     future.cancel()
 
 
+class _UserError:
+    """A user error raised in a Ray task, sent back as a result so it is raised as itself, not wrapped."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 def _ray_map(rows: dict[str, Any], runner: Runner) -> dict[str, Any]:
     """Ray Data batch function: each row carries one pickled batch of documents."""
     import numpy as np
 
-    results = [pickle.dumps(runner(pickle.loads(payload)), protocol=5) for payload in rows["payload"]]
+    from steelforge.errors import SteelforgeError
+
+    results = []
+    for payload in rows["payload"]:
+        try:
+            result: Any = runner(pickle.loads(payload))
+        except SteelforgeError as exc:
+            result = _UserError(exc)
+        results.append(pickle.dumps(result, protocol=5))
     return {"payload": np.array(results, dtype=object)}
 
 
@@ -120,7 +135,10 @@ class RayExecutor:
                 _ray_map, fn_kwargs={"runner": runner}, batch_size=1, batch_format="numpy"
             )
             for row in dataset.iter_rows():
-                yield pickle.loads(row["payload"])
+                result = pickle.loads(row["payload"])
+                if isinstance(result, _UserError):
+                    raise result.error
+                yield result
 
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")

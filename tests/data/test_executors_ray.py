@@ -95,3 +95,23 @@ def test_ray_executor_matches_local(local_ray: Any, tmp_path: Path) -> None:
     assert (on_ray.kept, on_ray.rejected, on_ray.errors) == (local.kept, local.rejected, local.errors)
     assert [(o.docs_in, o.docs_out) for o in on_ray.ops] == [(o.docs_in, o.docs_out) for o in local.ops]
     assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local")
+
+
+@register_op("test_ray_failing_mapper")
+class Failing(Mapper):
+    def map_text(self, text: str) -> str:
+        if "fox" in text:
+            raise ValueError("cannot map a fox")
+        return text
+
+
+def test_operator_error_on_ray_reaches_the_caller(local_ray: Any, tmp_path: Path) -> None:
+    from steelforge.data.pipeline import OperatorError
+
+    config = CleanConfig(
+        inputs=[{"name": "mix", "path": _corpus(tmp_path / "in"), "id_field": "id"}],
+        process=[{"test_ray_failing_mapper": {}}],
+    )
+    with pytest.raises(OperatorError, match="test_ray_failing_mapper' failed on document '0-0'"):
+        run_pipeline(config, tmp_path / "out", num_workers=2, executor="ray")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
