@@ -24,8 +24,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import regex
-from datasketch.hashfunc import sha1_hash32
-from datasketch.lsh import _optimal_param
 
 from steelforge.data.ops.base import Deduplicator, Semantics, register_op
 from steelforge.data.ops.dedup_common import (
@@ -69,6 +67,8 @@ class DocumentMinhashDeduplicator(Deduplicator):
         self.num_permutations = num_permutations
         self.jaccard_threshold = jaccard_threshold
         if num_bands is None or num_rows_per_band is None:
+            from datasketch.lsh import _optimal_param  # datasketch imports scipy: only when it is needed
+
             fn_weight = 0.9 if self.language_aware else 0.5
             num_bands, num_rows_per_band = _optimal_param(
                 jaccard_threshold, num_permutations, 1 - fn_weight, fn_weight
@@ -114,6 +114,8 @@ class DocumentMinhashDeduplicator(Deduplicator):
         grams = self.shingle_set(text)
         if not grams:
             return np.full(self.num_permutations, MAX_HASH, dtype=np.uint32)
+        from datasketch.hashfunc import sha1_hash32
+
         hv = np.fromiter((sha1_hash32(g) for g in grams), dtype=np.uint64, count=len(grams))
         phv = ((np.outer(hv, self.perm_a) + self.perm_b) % MERSENNE_PRIME) & MAX_HASH
         return phv.min(axis=0).astype(np.uint32)
