@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _dist_helpers import full_state, run_distributed, train_tiny
+from _dist_helpers import full_state, run_distributed, tiny_qwen2, train_tiny
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.distributed]
 
@@ -33,9 +33,37 @@ def fsdp_worker() -> None:
         if env.is_main:
             torch.save(state, out / f"{name}.pt")
             report[name] = {"loss": summary["last_loss"], "fsdp_class": type(model).__name__}
+    report["meta"] = _meta_init_sharded(env)
     if env.is_main:
         (out / "report.json").write_text(json.dumps(report))
     destroy_distributed()
+
+
+def _meta_init_sharded(env) -> dict:
+    """Meta-device model, sharded, then materialised: each rank allocates and initialises only its shards."""
+    from transformers import Qwen2ForCausalLM
+
+    from steelforge.train.config import ParallelConfig, SpeedConfig
+    from steelforge.train.distributed import build_mesh, materialize, parallelize
+
+    config = tiny_qwen2().config
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    mesh = build_mesh(ParallelConfig(data_parallel="fsdp"), env.world_size, env.device)
+    parallelize(model, mesh, SpeedConfig(), ParallelConfig())
+    materialize(model, env.device, seed=0)
+    local = model.model.embed_tokens.weight.to_local()
+    state = full_state(model)  # gathered on rank 0 only
+    if not env.is_main:
+        return {}
+    return {
+        "local_rows": int(local.shape[0]),
+        "full_rows": int(state["model.embed_tokens.weight"].shape[0]),
+        "embed_std": float(state["model.embed_tokens.weight"].std()),
+        "norm_is_one": bool((state["model.norm.weight"] == 1).all()),
+        "finite": all(bool(torch.isfinite(v).all()) for v in state.values()),
+        "inv_freq_ok": bool(torch.allclose(model.model.rotary_emb.inv_freq, tiny_qwen2().model.rotary_emb.inv_freq)),
+    }
 
 
 def test_fsdp2_two_processes_match_single_process(tmp_path: Path) -> None:
@@ -62,6 +90,10 @@ def test_fsdp2_two_processes_match_single_process(tmp_path: Path) -> None:
             total = torch.cat([ref[k].flatten() for k in ref]).norm()
             assert diff / total < 3e-2, f"{name}: relative parameter difference {float(diff / total):.2e}"
         assert abs(report[name]["loss"] - summary["last_loss"]) < (1e-4 if precision == "fp32" else 2e-2)
+    meta = report["meta"]
+    assert meta["local_rows"] * 2 == meta["full_rows"], "each rank should hold half of the embedding rows"
+    assert meta["finite"] and meta["norm_is_one"] and meta["inv_freq_ok"]
+    assert abs(meta["embed_std"] - 0.02) < 0.004  # initializer_range
     fsdp, hsdp = torch.load(tmp_path / "fsdp_fp32.pt"), torch.load(tmp_path / "hsdp_fp32.pt")
     for key in fsdp:
         torch.testing.assert_close(hsdp[key], fsdp[key], rtol=1e-4, atol=1e-5)
