@@ -14,8 +14,9 @@ Stable API (used by the CLI, `steelforge data compare` and the benchmarks):
 
 Output layout under `out_dir`: `kept/*.jsonl.zst` (`{"id","text","source","meta"}`, input order),
 `rejected/*.jsonl.zst` (`{"id","source","op","op_index","stat","value","min","max","duplicate_of",
-"text"}`, the fields that apply; `op_index` is the operator's position in `process`), `errors.jsonl`, `stats.json`, `_SUCCESS` (recipe fingerprint) and `work/`
-(per-file completion markers and intermediate shards).
+"text"}`, the fields that apply; `op_index` is the operator's position in `process`),
+`errors.jsonl` (`{"file","line","reason","id","source","excerpt"}`), `stats.json`, `_SUCCESS`
+(recipe fingerprint) and `work/` (per-file completion markers, statistics, intermediate shards).
 
 Execution: the process list is cut at each deduplicator. Each piece streams input files in order,
 in batches run by an executor (`steelforge.data.executors`); the batch runner also computes the next
@@ -23,6 +24,10 @@ deduplicator's signatures for the survivors. Then the deduplicator resolves clus
 signatures (the barrier), and the next piece streams the survivors with those decisions applied.
 Each (piece, input file) writes a completion marker, so an interrupted run resumes at file
 granularity; a file that was half done is redone from scratch.
+
+Memory: documents stream in batches (at most `2 * num_workers` in flight); only the deduplicators'
+signatures of one piece are held together at the barrier (16 bytes per document for exact dedup,
+8 for SimHash, 4 * num_permutations for MinHash), plus the duplicate map.
 """
 
 from __future__ import annotations
