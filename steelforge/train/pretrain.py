@@ -136,12 +136,17 @@ def build_loader(
 def make_validation(
     model_loss: Callable[[nn.Module, Any], LossOutput], batches: Any, n_batches: int, cfg: PretrainConfig, env: DistEnv
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """Mean loss and perplexity over `n_batches` held-out micro-batches per rank (all ranks reduced)."""
+    """Mean loss and perplexity over the same `n_batches` held-out micro-batches per rank at every call
+    (the loader is rewound), reduced over all ranks, so validation curves compare like with like."""
     from steelforge.train.distributed import autocast_context
 
-    iterator = iter(batches)
+    loader = getattr(batches, "loader", None)
+    start = loader.state_dict() if loader is not None and hasattr(loader, "state_dict") else None
 
     def evaluate(model: nn.Module) -> dict[str, float]:
+        if start is not None:
+            loader.load_state_dict(start)
+        iterator = iter(batches)
         model.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=env.device)
         with torch.no_grad():

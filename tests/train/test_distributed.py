@@ -13,7 +13,12 @@ from _dist_helpers import full_state, run_distributed, tiny_qwen2, train_tiny
 pytestmark = [pytest.mark.timeout(180), pytest.mark.distributed]
 
 # Variants trained by both launches: (name, precision, data_parallel)
-VARIANTS = [("fsdp_fp32", "fp32", "fsdp"), ("fsdp_bf16", "bf16", "fsdp"), ("hsdp_fp32", "fp32", "hsdp")]
+VARIANTS = [
+    ("fsdp_fp32", "fp32", "fsdp"),
+    ("fsdp_bf16", "bf16", "fsdp"),
+    ("hsdp_fp32", "fp32", "hsdp"),
+    ("fsdp_ac_fp32", "fp32", "fsdp"),  # with activation checkpointing on every block
+]
 
 
 def fsdp_worker() -> None:
@@ -28,7 +33,8 @@ def fsdp_worker() -> None:
     for name, precision, dp in VARIANTS:
         mesh = build_mesh(ParallelConfig(data_parallel=dp, hsdp_replicas=2 if dp == "hsdp" else None),
                           env.world_size, env.device)
-        model, summary = train_tiny(world=env.world_size, rank=env.rank, mesh=mesh, precision=precision)
+        speed = {"activation_checkpointing": "full"} if "_ac" in name else {}
+        model, summary = train_tiny(world=env.world_size, rank=env.rank, mesh=mesh, precision=precision, **speed)
         state = full_state(model)
         if env.is_main:
             torch.save(state, out / f"{name}.pt")
@@ -72,7 +78,7 @@ def test_fsdp2_two_processes_match_single_process(tmp_path: Path) -> None:
     assert report["fsdp_fp32"]["fsdp_class"].startswith("FSDP"), "the model was not wrapped by fully_shard"
     torch.set_num_threads(1)
     for name, precision, _ in VARIANTS:
-        if name == "hsdp_fp32":
+        if name in ("hsdp_fp32", "fsdp_ac_fp32"):
             continue  # compared with the FSDP run below
         reference, summary = train_tiny(precision=precision)
         ref = full_state(reference)
@@ -95,5 +101,7 @@ def test_fsdp2_two_processes_match_single_process(tmp_path: Path) -> None:
     assert meta["finite"] and meta["norm_is_one"] and meta["inv_freq_ok"]
     assert abs(meta["embed_std"] - 0.02) < 0.004  # initializer_range
     fsdp, hsdp = torch.load(tmp_path / "fsdp_fp32.pt"), torch.load(tmp_path / "hsdp_fp32.pt")
+    fsdp_ac = torch.load(tmp_path / "fsdp_ac_fp32.pt")
     for key in fsdp:
         torch.testing.assert_close(hsdp[key], fsdp[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fsdp_ac[key], fsdp[key], rtol=1e-5, atol=1e-6)
