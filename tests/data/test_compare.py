@@ -59,9 +59,11 @@ def test_compare_finds_the_known_differences(tmp_path: Path) -> None:
     assert moved["data_juicer"] == "rejected by #1 words_num_filter"
     assert moved["language_aware"] == "rejected by #2 text_length_filter"
     assert moved["stats_language_aware"] == {"text_len": len(ZH_SHORT)}
-    # every input document has exactly one fate in each run
-    for semantics in ("data_juicer", "language_aware"):
-        assert report.kept[semantics] + report.rejected[semantics] + report.errors == report.docs_in
+    # every input document has exactly one fate in each run, and the per-operator rows add up
+    assert report.agree + report.differ == report.docs_in
+    for semantics, key in (("data_juicer", "rejected_dj"), ("language_aware", "rejected_la")):
+        assert report.kept[semantics] + report.rejected[semantics] == report.docs_in
+        assert sum(getattr(op, key) for op in report.ops) == report.rejected[semantics]
     assert sum(op.counts[k] for op in report.ops for k in KINDS) == report.differ + 1  # a move counts twice
 
 
