@@ -31,7 +31,8 @@ def test_steel_cached_decoding_equals_full_forward(make_model, mode, prefill):
         full = model(ids).logits
     from steelforge.models.steel import SteelCache
 
-    for cache in (None, SteelCache(config=model.config), DynamicCache(config=model.config)):
+    # SteelCache is what forward/generate create; a plain DynamicCache passed by a caller works as well
+    for cache in (SteelCache(config=model.config), DynamicCache(config=model.config)):
         incremental, _ = _incremental_logits(model, ids, prefill, cache)
         torch.testing.assert_close(incremental, full, atol=1e-5, rtol=0)
 

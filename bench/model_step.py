@@ -1,0 +1,146 @@
+"""Training-step speed of steelforge's models against transformers' reference classes, on CPU.
+
+Forward + backward + AdamW step tokens/s for Steel (dense and Soft-MoE) and Moxin-style models, the same
+dimensions on HF's Qwen2/Mistral classes in the same run (ratio), and achieved FLOP/s (analytic matmul FLOPs,
+`steelforge.models.flops`) as a fraction of a 2048^3 fp32 GEMM measured in the same run.
+
+    python bench/model_step.py            # full: seq 512, batch 4
+    python bench/model_step.py --quick    # a smoke run in well under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from steelforge.models.flops import flops_per_token
+from steelforge.models.loading import load_model
+from steelforge.reporting import print_table
+
+SMALL = {
+    "vocab_size": 8192,
+    "hidden_size": 512,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 2048,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+# dense Steel (FFN_type raw, no width division) is Qwen2 exactly: ~40M non-embedding parameters
+DENSE = {**SMALL, "intermediate_size": 2560}
+# Soft-MoE Steel: 6 dual-SwiGLU experts of 2048 // 4 wide, against a Qwen2 with a dense 2048-wide SwiGLU
+SOFTMOE = {**SMALL, "intermediate_size": 2048, "n_experts": 6, "slots_per_expert": 1, "mlp_div_ratio": 4}
+MOXIN = {**SMALL, "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 1792, "sliding_window": 4096}
+
+
+def gemm_flops_per_second(size: int = 2048, reps: int = 10) -> float:
+    """fp32 GEMM throughput: the machine's practical matmul peak."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size**3 * reps / (time.perf_counter() - start)
+
+
+def make_step(model: torch.nn.Module, batch: int, seq: int):
+    """One training step (forward, next-token cross-entropy, backward, AdamW) as a closure; warmed up once."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    ids = torch.randint(
+        0, model.config.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(0)
+    )
+
+    def step() -> None:
+        logits = model(ids[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    return step
+
+
+def best_tokens_per_second(models: list[torch.nn.Module], batch: int, seq: int, rounds: int) -> list[float]:
+    """Interleave the models' steps round by round and keep each one's fastest step (the machine is shared)."""
+    steps = [make_step(model, batch, seq) for model in models]
+    best = [float("inf")] * len(models)
+    for _ in range(rounds):
+        for i, step in enumerate(steps):
+            start = time.perf_counter()
+            step()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [batch * seq / seconds for seconds in best]
+
+
+def cases(quick: bool) -> list[tuple[str, object, object]]:
+    """(name, our model, HF reference model with the same dimensions or None)."""
+    torch.manual_seed(0)
+    rows = [
+        (
+            "steel-dense-40M",
+            load_model(
+                {
+                    "preset": "tiny-steel",
+                    "overrides": {**DENSE, "FFN_type": "raw", "mlp_type": "raw", "mlp_div_ratio": 1},
+                }
+            ),
+            Qwen2ForCausalLM(Qwen2Config(**DENSE, attn_implementation="sdpa")),
+        ),
+        (
+            "moxin-style",
+            load_model({"preset": "tiny-moxin", "overrides": MOXIN}),
+            MistralForCausalLM(MistralConfig(**MOXIN, attn_implementation="sdpa")),
+        ),
+    ]
+    if quick:
+        rows = rows[:1]
+    modes = ["causal"] if quick else ["causal", "token", "sequence"]
+    reference = Qwen2ForCausalLM(
+        Qwen2Config(**{**SOFTMOE, "intermediate_size": 2048}, attn_implementation="sdpa")
+    )
+    for mode in modes:
+        steel = load_model({"preset": "tiny-steel", "overrides": {**SOFTMOE, "softmoe_dispatch": mode}})
+        rows.append((f"steel-moe-{mode}", steel, reference))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seq 128, batch 1, 2 rounds, two models")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--seq", type=int, default=None, help="sequence length (default 512)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 4)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="timed steps per model, best kept (default 3)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    seq = args.seq or (128 if args.quick else 512)
+    batch = args.batch or (1 if args.quick else 4)
+    rounds = args.rounds or (2 if args.quick else 3)
+
+    peak = gemm_flops_per_second()
+    rows = []
+    for name, ours, reference in cases(args.quick):
+        flops = flops_per_token(ours.config, seq)
+        ours_tps, ref_tps = best_tokens_per_second([ours, reference], batch, seq, rounds)
+        ref_name = type(reference).__name__.removesuffix("ForCausalLM")
+        rows.append((name, ours_tps, ref_name, ref_tps, ours_tps / ref_tps, ours_tps * flops / peak))
+    peak_after = gemm_flops_per_second()
+    print_table(
+        f"train step seq {seq} batch {batch}, {args.threads} threads; "
+        f"GEMM {peak / 1e9:.0f} GFLOP/s (after: {peak_after / 1e9:.0f})",
+        ["model", "tok/s", "HF ref", "tok/s", "ratio", "MFU"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
