@@ -6,7 +6,6 @@ import math
 import re
 import sys
 from collections import Counter
-from typing import Any
 
 import regex
 
@@ -32,11 +31,7 @@ def _token_count(text: str) -> int:
     """Number of Qwen1.5 tokens of `text` (the project's offline tokenizer; loaded on first use)."""
     from steelforge.tokenizer import load_tokenizer
 
-    tokenizer: Any = load_tokenizer("qwen1.5")
-    if hasattr(tokenizer, "tokenize"):
-        return len(tokenizer.tokenize(text))
-    encoding = tokenizer.encode(text)
-    return len(getattr(encoding, "ids", encoding))
+    return len(load_tokenizer("qwen1.5").tokenize(text))
 
 
 @register_op("alphanumeric_filter")

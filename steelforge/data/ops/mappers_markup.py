@@ -184,8 +184,8 @@ _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]
 
 def _tag_to_text(match: re.Match[str]) -> str:
     closing, name = match.group(1), match.group(2).lower()
-    if name == "li" and not closing:
-        return "\n*"
+    if name == "li":
+        return "" if closing else "\n*"
     return "\n" if name in _BLOCK_ELEMENTS and (closing or name in ("br", "hr")) else ""
 
 

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from steelforge.data.ops._dj_tables import DJ_PUNCTUATION_MAP, DJ_WHITESPACE_RANGES
+from steelforge.data.ops._opencc_legacy import legacy_t2s_config
 from steelforge.data.ops._text import HAN_CLASS, KANA_CLASS, check_semantics, count_matches, is_chinese
 from steelforge.data.ops.base import Mapper, Semantics, register_op
 
@@ -49,16 +50,47 @@ class FixUnicodeMapper(Mapper):
                 if self.semantics == "data_juicer"
                 else {"fix_character_width": False, "uncurl_quotes": False}
             )
-            self._config = ftfy.TextFixerConfig(normalization=self.normalization, **extra)
+            self._config = ftfy.TextFixerConfig(normalization=self.normalization, explain=False, **extra)
         return self._config
 
     def map_text(self, text: str) -> str:
-        import ftfy
-
-        fixed = ftfy.fix_text(text, config=self._fixer_config())
+        fixed = fix_text_fast(text, self._fixer_config())
         if self.semantics == "data_juicer":
             return fixed
         return fixed.translate(_FULLWIDTH_ALNUM)
+
+
+# A line of printable ASCII (tab allowed) passes every ftfy step unchanged, except HTML unescaping of "&".
+_PLAIN_ASCII = re.compile(r"[\t\x20-\x7e]*\n?")
+_PLAIN_ASCII_TEXT = re.compile(r"[\t\n\x20-\x7e]*")
+
+
+def fix_text_fast(text: str, config: Any) -> str:
+    """`ftfy.fix_text(text, config)`, same output, skipping the lines ftfy provably leaves alone.
+
+    ftfy fixes a text line by line (each line through all its steps until nothing changes), and in
+    `unescape_html="auto"` mode stops unescaping once a line contains "<". This loop does the same, but
+    lines of plain printable ASCII without "&" (most of any source file) are copied instead of fixed.
+    """
+    import ftfy
+
+    if "&" not in text and _PLAIN_ASCII_TEXT.fullmatch(text):
+        return text
+    out = []
+    pos = 0
+    limit = config.max_decode_length
+    while pos < len(text):
+        end = text.find("\n", pos) + 1 or len(text)
+        end = min(end, pos + limit)
+        segment = text[pos:end]
+        if config.unescape_html == "auto" and "<" in segment:
+            config = config._replace(unescape_html=False)
+        if _PLAIN_ASCII.fullmatch(segment) and ("&" not in segment or config.unescape_html is False):
+            out.append(segment)
+        else:
+            out.append(ftfy.fix_and_explain(segment, config).text)
+        pos = end
+    return "".join(out)
 
 
 _ZH_KEEP = frozenset("，。、《》「」：？！（）；～％【】〈〉…—．“”’")
@@ -143,21 +175,27 @@ _KANA = re.compile(f"[{KANA_CLASS}]+")
 JAPANESE_KANA_SHARE = 0.1
 
 
-def opencc_converter(mode: str) -> Any:
-    """One OpenCC converter per mode and process (building one reads its dictionaries)."""
+def opencc_converter(mode: str, legacy: bool = False) -> Any:
+    """One OpenCC converter per mode and process (building one reads its dictionaries).
+
+    `legacy` asks for OpenCC 1.1.9's character table where we have it (`t2s`, see `_opencc_legacy`).
+    """
+    key = f"{mode}-legacy" if legacy else mode
     with _CONVERTERS_LOCK:
-        if mode not in _CONVERTERS:
+        if key not in _CONVERTERS:
             import opencc
 
-            _CONVERTERS[mode] = opencc.OpenCC(f"{mode}.json")
-        return _CONVERTERS[mode]
+            config = legacy_t2s_config() if legacy and mode == "t2s" else None
+            _CONVERTERS[key] = opencc.OpenCC(config or f"{mode}.json")
+        return _CONVERTERS[key]
 
 
 @register_op("chinese_convert_mapper")
 class ChineseConvertMapper(Mapper):
     """Convert between Simplified, Traditional (Taiwan, Hong Kong) Chinese and Japanese kanji with OpenCC.
 
-    - `data_juicer`: every document is converted.
+    - `data_juicer`: every document is converted; for `t2s` with OpenCC 1.1.9's character table (the
+      version Data-Juicer pins, see `_opencc_legacy`), other modes with the installed OpenCC's.
     - `language_aware`: Japanese documents (kana at least 10% of the Han + kana characters) are left
       alone unless the mode is a Japanese one (`t2jp`, `jp2t`), since Chinese conversion would rewrite
       their kanji; documents without Han characters are returned without calling OpenCC.
@@ -168,7 +206,8 @@ class ChineseConvertMapper(Mapper):
         if mode not in CHINESE_CONVERT_MODES:
             raise ValueError(f"mode must be one of {', '.join(CHINESE_CONVERT_MODES)}, not {mode!r}")
         self.mode = mode
-        opencc_converter(mode)
+        self._legacy = semantics == "data_juicer"
+        opencc_converter(mode, self._legacy)
 
     def map_text(self, text: str) -> str:
         if self.semantics == "language_aware":
@@ -178,4 +217,4 @@ class ChineseConvertMapper(Mapper):
             kana = count_matches(_KANA, text)
             if "jp" not in self.mode and kana >= JAPANESE_KANA_SHARE * (han + kana):
                 return text
-        return opencc_converter(self.mode).convert(text)
+        return opencc_converter(self.mode, self._legacy).convert(text)

@@ -1,0 +1,249 @@
+"""Mappers in both semantics: each Data-Juicer behaviour of DATA_JUICER_NOTES.md and its correction."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import ftfy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from steelforge.data.ops import Mapper, build_op
+from steelforge.data.ops.mappers_normalize import fix_text_fast
+from steelforge.errors import RecipeError
+
+MAPPERS = [
+    "chinese_convert_mapper",
+    "clean_email_mapper",
+    "clean_html_mapper",
+    "clean_ip_mapper",
+    "clean_links_mapper",
+    "clean_copyright_mapper",
+    "expand_macro_mapper",
+    "fix_unicode_mapper",
+    "punctuation_normalization_mapper",
+    "remove_repeat_sentences_mapper",
+    "remove_specific_chars_mapper",
+    "whitespace_normalization_mapper",
+]
+
+
+def dj(name: str, **params: object) -> Mapper:
+    op = build_op({name: params}, semantics="data_juicer")
+    assert isinstance(op, Mapper)
+    return op
+
+
+def la(name: str, **params: object) -> Mapper:
+    op = build_op({name: params}, semantics="language_aware")
+    assert isinstance(op, Mapper)
+    return op
+
+
+def test_fix_unicode_data_juicer_folds_cjk_punctuation_and_quotes() -> None:
+    out = dj("fix_unicode_mapper").map_text("你好，世界：（测试）；真的？是！～５０％\u3000“引号”。、")
+    assert out == '你好,世界:(测试);真的?是!~50% "引号"。、'
+
+
+def test_fix_unicode_data_juicer_drops_cr_and_bom_in_code() -> None:
+    assert dj("fix_unicode_mapper").map_text("\ufeffint x;\r\nint y;\r\n") == "int x;\nint y;\n"
+
+
+def test_fix_unicode_language_aware_keeps_chinese_punctuation() -> None:
+    op = la("fix_unicode_mapper")
+    assert op.map_text("你好，世界！“引号”？\u3000ＡＢＣ１２３") == "你好，世界！“引号”？\u3000ABC123"
+    assert op.map_text("sÃ³ voilÃ  le travail") == "só voilà le travail"  # mojibake is still repaired
+
+
+def test_fix_unicode_rejects_unknown_normalization() -> None:
+    with pytest.raises(RecipeError, match="normalization"):
+        build_op({"fix_unicode_mapper": {"normalization": "NFX"}}, semantics="language_aware")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(list("ab <&;amp\n\r\t\u00c3\u00a9\uff0c\u201c\u3000\x1b\x85é中"))),
+    st.booleans(),
+)
+def test_fast_ftfy_equals_ftfy(text: str, aware: bool) -> None:
+    extra = {"fix_character_width": False, "uncurl_quotes": False} if aware else {}
+    config = ftfy.TextFixerConfig(normalization="NFC", **extra)
+    assert fix_text_fast(text, config) == ftfy.fix_text(text, config=config)
+
+
+def test_punctuation_data_juicer_table_quirks() -> None:
+    op = dj("punctuation_normalization_mapper")
+    assert op.map_text("《红楼梦》「你好」—１，。") == '"红楼梦""你好" - ",.'
+
+
+def test_punctuation_language_aware_keeps_chinese_and_fixes_the_digit() -> None:
+    op = la("punctuation_normalization_mapper")
+    assert op.map_text("《红楼梦》「你好」——第１回，完。") == "《红楼梦》「你好」——第1回，完。"
+    assert op.map_text("Hello，world！ Page １„quoted“") == 'Hello,world! Page 1"quoted"'
+
+
+def test_whitespace_data_juicer_maps_tab_and_zero_width_to_space() -> None:
+    op = dj("whitespace_normalization_mapper")
+    assert op.map_text("  a\tb\u00a0c\u200bd\u200de\u3000f\ng  ") == "a b c d e f\ng"
+
+
+def test_whitespace_language_aware_keeps_tab_and_joiners() -> None:
+    op = la("whitespace_normalization_mapper")
+    assert op.map_text("  def f():\n\treturn 1\u200b\u00a0👨\u200d💻  ") == "def f():\n\treturn 1 👨\u200d💻"
+    assert op.map_text("中\u200b文") == "中文"
+
+
+def test_copyright_block_with_copyright_is_removed_in_both() -> None:
+    text = "/* Copyright 2020 ACME */\nint x;\n"
+    for op in (dj("clean_copyright_mapper"), la("clean_copyright_mapper")):
+        assert op.map_text(text) == "\nint x;\n"
+
+
+def test_copyright_block_without_copyright_stops_data_juicer() -> None:
+    text = "# comment\n/* plain block */\nint x;"
+    assert dj("clean_copyright_mapper").map_text(text) == text
+
+
+def test_copyright_data_juicer_deletes_markdown_titles_and_includes() -> None:
+    op = dj("clean_copyright_mapper")
+    assert op.map_text("# 标题\n\n正文") == "正文"
+    assert op.map_text("#include <stdio.h>\n#pragma once\nint main() {}") == "int main() {}"
+    assert op.map_text("-- SQL\nselect 1;") == "select 1;"
+
+
+def test_copyright_language_aware_only_removes_licence_headers() -> None:
+    op = la("clean_copyright_mapper")
+    assert op.map_text("# 标题\n\n正文") == "# 标题\n\n正文"
+    assert op.map_text("#include <stdio.h>\nint main() {}") == "#include <stdio.h>\nint main() {}"
+    assert op.map_text("#!/usr/bin/env python\n# Copyright 2020 ACME\n# MIT License\n\nimport os") == (
+        "#!/usr/bin/env python\nimport os"
+    )
+    assert op.map_text("// SPDX-License-Identifier: MIT\n#include <a.h>\n") == "#include <a.h>\n"
+
+
+def test_html_data_juicer_deletes_tag_like_text() -> None:
+    out = dj("clean_html_mapper").map_text("#include <sys/ipc.h>\n<p>A &amp; B</p><END>")
+    assert out == "#include \nA & B"
+
+
+def test_html_language_aware_keeps_tag_like_text() -> None:
+    op = la("clean_html_mapper")
+    assert op.map_text("#include <sys/ipc.h>\nif (a < b > c) x = List<String>();\r\n") == (
+        "#include <sys/ipc.h>\nif (a < b > c) x = List<String>();\r\n"
+    )
+    html = (
+        '<div class="x">标题</div><ul><li>一</li><li>二</li></ul><p>A &amp; B&nbsp;C</p><script>x()</script>'
+    )
+    assert op.map_text(html) == "标题\n\n*一\n*二\nA & B\u00a0C\n"
+
+
+def test_links_data_juicer_removes_word_colon_word() -> None:
+    op = dj("clean_links_mapper")
+    assert op.map_text("css background:transparent ok") == "css  ok"
+    assert op.map_text("见 https://a.com/x了解更多 end") == "见  end"
+
+
+def test_links_language_aware_needs_a_real_link() -> None:
+    op = la("clean_links_mapper")
+    assert (
+        op.map_text("css background:transparent; RAID:Non-RAID ok")
+        == "css background:transparent; RAID:Non-RAID ok"
+    )
+    assert op.map_text("见https://a.com/x?q=1了解更多。see www.b.org.") == "见了解更多。see ."
+
+
+def test_email_semantics() -> None:
+    assert (
+        dj("clean_email_mapper").map_text("联系 Bob@Example.COM 或 a@b.cn。") == "联系 Bob@Example.COM 或 。"
+    )
+    assert la("clean_email_mapper").map_text("联系 Bob@Example.COM 或 a@b.cn。") == "联系  或 。"
+    assert la("clean_email_mapper", repl="<EMAIL>").map_text("x a@b.io") == "x <EMAIL>"
+
+
+def test_ip_semantics() -> None:
+    text = "host 192.168.0.1. version 1.2.3.4.5"
+    assert dj("clean_ip_mapper").map_text(text) == "host . version .5"
+    assert la("clean_ip_mapper").map_text(text) == "host . version 1.2.3.4.5"
+    v6 = "addr 2001:0db8:85a3:0000:0000:8a2e:0370:7334 end"
+    assert la("clean_ip_mapper").map_text(v6) == dj("clean_ip_mapper").map_text(v6) == "addr  end"
+
+
+def test_custom_pattern_with_r_quotes() -> None:
+    assert dj("clean_email_mapper", pattern="r'\\d+'", repl="#").map_text("a1b22") == "a#b#"
+    with pytest.raises(RecipeError, match="valid regular expression"):
+        build_op({"clean_links_mapper": {"pattern": "("}}, semantics="data_juicer")
+
+
+def test_expand_macro_semantics() -> None:
+    text = "\\newcommand{\\R}{\\mathbb{R}}\n$x \\in \\R$, \\R"
+    assert (
+        dj("expand_macro_mapper").map_text(text)
+        == "\\newcommand{\\mathbb{R}}{\\mathbb{R}}\n$x \\in \\mathbb{R}$, \\R"
+    )
+    assert (
+        la("expand_macro_mapper").map_text(text)
+        == "\\newcommand{\\R}{\\mathbb{R}}\n$x \\in \\mathbb{R}$, \\mathbb{R}"
+    )
+    assert la("expand_macro_mapper").map_text("\\def\\zh{中文}\n\\zh 文本") == "\\def\\zh{中文}\n中文 文本"
+
+
+def test_remove_repeat_sentences_semantics() -> None:
+    text = "今天很好。今天很好。走吧！\nPi is 3.14. Pi is 3.14. return x\nreturn x"
+    assert dj("remove_repeat_sentences_mapper").map_text(text) == "今天很好。走吧！\nPi is 3.14. return x\n"
+    assert (
+        la("remove_repeat_sentences_mapper").map_text(text)
+        == "今天很好。走吧！\nPi is 3.14. return x\nreturn x"
+    )
+
+
+def test_remove_repeat_sentences_language_aware_compares_all_han() -> None:
+    # U+9FA6.. are outside Data-Juicer's \u4e00-\u9fa5 key range, so it sees both sentences as "" and keeps them.
+    text = "\u9fa6\u9fa7。\u9fa6\u9fa7。"
+    assert dj("remove_repeat_sentences_mapper").map_text(text) == text
+    assert la("remove_repeat_sentences_mapper").map_text(text) == "\u9fa6\u9fa7。"
+
+
+def test_remove_specific_chars() -> None:
+    for op in (dj("remove_specific_chars_mapper"), la("remove_specific_chars_mapper")):
+        assert op.map_text("◆重点●内容■|") == "重点内容|"
+    assert la("remove_specific_chars_mapper", chars_to_remove=["ab", "c"]).map_text("abcd") == "d"
+    assert la("remove_specific_chars_mapper", chars_to_remove="").map_text("◆") == "◆"
+
+
+def test_chinese_convert() -> None:
+    assert dj("chinese_convert_mapper", mode="t2s").map_text("漢語劄子") == "汉语劄子"  # OpenCC 1.1.9's table
+    assert la("chinese_convert_mapper", mode="t2s").map_text("漢語") == "汉语"
+    japanese = "東京の天気は晴れです。"
+    assert dj("chinese_convert_mapper", mode="t2s").map_text(japanese) != japanese
+    assert la("chinese_convert_mapper", mode="t2s").map_text(japanese) == japanese
+    with pytest.raises(RecipeError, match="mode"):
+        build_op({"chinese_convert_mapper": {"mode": "x2y"}}, semantics="data_juicer")
+
+
+@pytest.mark.parametrize("semantics", ["data_juicer", "language_aware"])
+@settings(max_examples=25, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab 1.。，<>/&;:#*\n\t中文字◆@\u200b\u3000")), max_size=60))
+def test_every_mapper_returns_text(semantics: str, text: str) -> None:
+    for op in _all_mappers(semantics):
+        assert isinstance(op.map_text(text), str)
+
+
+@cache
+def _all_mappers(semantics: str) -> list[Mapper]:
+    return [build_op(name, semantics=semantics) for name in MAPPERS]  # type: ignore[arg-type,misc]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=80))
+def test_whitespace_normalization_is_idempotent(text: str) -> None:
+    for op in (dj("whitespace_normalization_mapper"), la("whitespace_normalization_mapper")):
+        once = op.map_text(text)
+        assert op.map_text(once) == once
+
+
+def test_semantics_must_be_known() -> None:
+    from steelforge.data.ops.mappers_normalize import WhitespaceNormalizationMapper
+
+    with pytest.raises(ValueError, match="semantics"):
+        WhitespaceNormalizationMapper(semantics="spacy")  # type: ignore[arg-type]
