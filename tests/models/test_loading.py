@@ -63,6 +63,9 @@ def test_auto_classes_know_steel(tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path)  # no trust_remote_code: registered by the package
     ids = torch.randint(0, 256, (1, 9))
     torch.testing.assert_close(_logits(again, ids), _logits(model, ids))
+    through_loader = load_model(tmp_path)  # config.json carries auto_map, yet the package's own class is used
+    assert type(through_loader) is SteelForCausalLM
+    torch.testing.assert_close(_logits(through_loader, ids), _logits(model, ids))
 
 
 ISOLATED_LOAD = textwrap.dedent(
