@@ -11,7 +11,8 @@ back from the kept and rejected outputs). Documents whose fate differs are count
 For a few example documents per operator and kind, the raw input text is traced through both
 operator chains (mappers applied, every filter's statistics computed, whatever earlier filters
 decided), so the report shows the statistic each semantics measured at that operator.
-The table is printed and the whole report is written as JSON (`compare.json`).
+The per-operator table and the kept counts per source are printed, and the whole report is written
+as JSON (`compare.json`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class CompareReport:
     differ: int
     ops: list[OpDiff]
     out_dirs: dict[str, str]
+    by_source: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,8 +78,10 @@ def _op_names(config: CleanConfig) -> list[str]:
     return [name if isinstance(entry, dict) else str(entry) for entry in config.process for name in entry]
 
 
-def read_fates(result: CleanResult, op_names: list[str]) -> tuple[dict[str, Fate], dict[str, dict[str, Any]]]:
-    """Each document's fate in one run, and the rejected records (without text) by id.
+def read_fates(
+    result: CleanResult, op_names: list[str]
+) -> tuple[dict[str, Fate], dict[str, dict[str, Any]], dict[str, str]]:
+    """Each document's fate in one run, the rejected records (without text) and the sources, by id.
 
     The fate is the record's `op_index` (the operator's position in `process`); records written
     without one fall back to the first operator of that name.
@@ -87,14 +91,17 @@ def read_fates(result: CleanResult, op_names: list[str]) -> tuple[dict[str, Fate
         first_index.setdefault(name, index)
     fates: dict[str, Fate] = {}
     records: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
     for doc in read_shards(result.kept_paths):
         fates[doc["id"]] = KEPT
+        sources[doc["id"]] = str(doc.get("source"))
     for record in read_shards(result.rejected_paths):
         record.pop("text", None)
         index = record.get("op_index")
         fates[record["id"]] = int(index) if index is not None else first_index[record["op"]]
         records[record["id"]] = record
-    return fates, records
+        sources[record["id"]] = str(record.get("source"))
+    return fates, records, sources
 
 
 def trace_stats(text: str, ops: list[Op]) -> dict[int, dict[str, Any]]:
@@ -143,8 +150,14 @@ def compare_semantics(
             raw_dir=raw_dir,
             force=force,
         )
-    fates_dj, records_dj = read_fates(results[DJ], op_names)
-    fates_la, records_la = read_fates(results[LA], op_names)
+    fates_dj, records_dj, sources = read_fates(results[DJ], op_names)
+    fates_la, records_la, _ = read_fates(results[LA], op_names)
+    by_source: dict[str, dict[str, int]] = {}
+    for doc_id, source in sources.items():
+        row = by_source.setdefault(source, {"docs": 0, f"kept_{DJ}": 0, f"kept_{LA}": 0})
+        row["docs"] += 1
+        row[f"kept_{DJ}"] += fates_dj[doc_id] == KEPT
+        row[f"kept_{LA}"] += fates_la.get(doc_id, KEPT) == KEPT
 
     rows = [OpDiff(i, name) for i, name in enumerate(op_names)]
     for fate in fates_dj.values():
@@ -185,6 +198,7 @@ def compare_semantics(
         differ=differ,
         ops=rows,
         out_dirs={s: str(r.out_dir) for s, r in totals.items()},
+        by_source=by_source,
     )
 
 
@@ -234,6 +248,10 @@ def _short(stats: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+def _share(part: int, whole: int) -> str:
+    return f"{part:,} ({part / whole:.0%})" if whole else "0"
+
+
 def print_compare(report: CompareReport, examples: int = 3) -> None:
     """The per-operator table, then a few example documents for each operator that differs."""
     rows = [
@@ -261,6 +279,19 @@ def print_compare(report: CompareReport, examples: int = 3) -> None:
             "la here, dj elsewhere",
         ],
         rows,
+    )
+    print_table(
+        "kept per source",
+        ["source", "docs", "kept data_juicer", "kept language_aware"],
+        [
+            (
+                name,
+                row["docs"],
+                _share(row[f"kept_{DJ}"], row["docs"]),
+                _share(row[f"kept_{LA}"], row["docs"]),
+            )
+            for name, row in report.by_source.items()
+        ],
     )
     console.print(
         f"{report.docs_in:,} documents: kept {report.kept[DJ]:,} (data_juicer) vs {report.kept[LA]:,} "

@@ -61,6 +61,7 @@ def test_compare_finds_the_known_differences(tmp_path: Path) -> None:
     assert moved["stats_language_aware"] == {"text_len": len(ZH_SHORT)}
     # every input document has exactly one fate in each run, and the per-operator rows add up
     assert report.agree + report.differ == report.docs_in
+    assert report.by_source == {"toy": {"docs": 5, "kept_data_juicer": 1, "kept_language_aware": 3}}
     for semantics, key in (("data_juicer", "rejected_dj"), ("language_aware", "rejected_la")):
         assert report.kept[semantics] + report.rejected[semantics] == report.docs_in
         assert sum(getattr(op, key) for op in report.ops) == report.rejected[semantics]
@@ -83,6 +84,7 @@ def test_compare_command_prints_the_table_and_writes_json(tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["data", "compare", str(recipe), "--examples", "1"])
     assert result.exit_code == 0, result.output
     assert "only dj" in result.output and "words_num_filter" in result.output
+    assert "kept per source" in result.output and "3 (60%)" in result.output
     report = json.loads((tmp_path / "run" / "compare" / "compare.json").read_text(encoding="utf-8"))
     assert report["kept"] == {"data_juicer": 1, "language_aware": 3}
     assert report["ops"][0]["differing"] == 3
