@@ -176,6 +176,15 @@ def test_script_detector_tells_zh_en_code_apart() -> None:
     assert detect_script_language(mixed)[0] == "zh"
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=300))
+def test_script_detector_always_answers_a_known_label_and_a_share(text: str) -> None:
+    lang, score = detect_script_language(text)
+    assert lang in {"zh", "en", "code", "unknown"}
+    assert 0.0 <= score <= 1.0
+    assert (score == 0.0) == (lang == "unknown")
+
+
 def test_language_id_without_model_uses_the_script_detector() -> None:
     op = build_op({"language_id_filter": {"lang": ["zh"], "min_score": 0.5}}, "language_aware")
     stats = op.compute_stats(ZH)
