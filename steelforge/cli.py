@@ -108,16 +108,22 @@ def _after_run(recipe) -> list[tuple[str, str]]:
 
 
 @app.command()
-def clean(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
+def clean(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    trace: Annotated[int, typer.Option("--trace", help="Show N before/after examples per mapper.")] = 0,
+) -> None:
     """Clean and deduplicate raw documents (the recipe's `data:` section).
 
     Examples:
 
       steelforge clean recipes/steel-1b/clean_text.yaml
 
-      steelforge clean my.yaml --set data.semantics=data_juicer --set data.num_workers=2
+      steelforge clean my.yaml --set data.semantics=data_juicer --set data.num_workers=2 --trace 3
     """
-    _single_stage("data", recipe, set_, force)
+    overrides = list(set_ or []) + ([f"data.trace={trace}"] if trace else [])
+    _single_stage("data", recipe, overrides, force)
 
 
 @app.command()
