@@ -116,18 +116,35 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides; a numeric part indexes a list (`data.process.2.op.param=x`)."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
+        node: Any = raw
+        for i, part in enumerate(parts):
+            where = ".".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError(
+                        f"override '{text}': '{'.'.join(parts[:i]) or '(top)'}' is a list of {len(node)} items; "
+                        f"index it with 0..{len(node) - 1}"
+                    )
+                index = int(part)
+                if last:
+                    node[index] = value
+                elif node[index] is None:
+                    node[index] = {}
+                node = node[index]
+                continue
+            if not isinstance(node, dict):
+                where = ".".join(parts[:i])
                 raise RecipeError(f"override '{text}': '{where}' is a value, not a section, so it has no sub-keys")
-            node = child
-        node[parts[-1]] = value
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
     return raw
 
 

@@ -110,3 +110,11 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     b = load_recipe(write(tmp_path, "name: t\n"), ["seed=99"])
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == load_recipe(write(tmp_path, "name: t\n")).fingerprint()
+
+
+def test_override_reaches_into_lists() -> None:
+    raw = {"data": {"process": [{"a_op": None}, {"b_op": {"x": 1}}]}}
+    apply_overrides(raw, ["data.process.1.b_op.x=5", "data.process.0.a_op.y=2"])
+    assert raw["data"]["process"] == [{"a_op": {"y": 2}}, {"b_op": {"x": 5}}]
+    with pytest.raises(RecipeError, match=r"is a list of 2 items; index it with 0..1"):
+        apply_overrides(raw, ["data.process.7.b_op.x=1"])
