@@ -122,3 +122,12 @@ def test_minhash_data_juicer_collapses_short_documents_language_aware_does_not()
     assert _dedup(spec, "language_aware", texts) == {}
     op = build_op(spec, "language_aware")
     assert op.signature("") is None and op.signature("a b c d e f").dtype == np.uint32
+
+
+def test_data_juicer_space_tokens_split_on_spaces_only() -> None:
+    """Data-Juicer's dedup tokenizer splits on ' ' only: newlines and tabs stay inside a token, so a
+    Chinese document with a few spaces but many lines still has fewer than window_size tokens."""
+    from steelforge.data.ops.dedup_common import split_on_whitespace
+
+    assert split_on_whitespace("a b\nc\td  e") == ["a", "b\nc\td", "e"]
+    assert split_on_whitespace("第一行\n第二行\n第三行") == ["第一行\n第二行\n第三行"]

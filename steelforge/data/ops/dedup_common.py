@@ -19,8 +19,9 @@ _PUNCTUATION = regex.compile(r"\p{P}")
 
 
 def split_on_whitespace(text: str) -> list[str]:
-    """Data-Juicer's space tokenization: pieces between whitespace, empty pieces dropped."""
-    return text.split()
+    """Data-Juicer's space tokenization for dedup: pieces between ' ' only (newlines and tabs stay inside
+    a piece, as its `split_on_whitespace(new_line=False, tab=False)` does), empty pieces dropped."""
+    return [piece for piece in text.split(" ") if piece]
 
 
 def mixed_tokens(text: str) -> list[str]:
