@@ -250,7 +250,7 @@ def run_memory_probes(case: str, args: argparse.Namespace) -> list[dict[str, Any
             "--batch",
             str(args.batch),
             "--chunk",
-            str(args.chunk),
+            str(args.memory_chunk),
             "--precision",
             args.precision,
             "--threads",
@@ -271,7 +271,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="timed steps per run (median reported)")
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--chunk", type=int, default=None, help="tokens per cross-entropy chunk")
+    p.add_argument("--chunk", type=int, default=None, help="tokens per cross-entropy chunk in the speed runs")
+    p.add_argument("--memory-chunk", type=int, default=None, help="tokens per chunk in the memory probe")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile each block in the engine runs")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -286,6 +287,7 @@ def parse_args() -> argparse.Namespace:
         "steps": 10,
         "warmup": 3,
         "chunk": 4096,
+        "memory_chunk": 4096,
         "precision": "bf16",
         "memory_cases": ["steel-1b"],
     }
@@ -295,7 +297,8 @@ def parse_args() -> argparse.Namespace:
         "batch": 4,
         "steps": 5,
         "warmup": 2,
-        "chunk": 256,
+        "chunk": 4096,
+        "memory_chunk": 256,
         "precision": "fp32",
         "memory_cases": ["tiny-steel"],
     }
