@@ -44,7 +44,7 @@ def aware_words(text: str, lowercase: bool = False) -> list[str]:
     return [w.lower() for w in words] if lowercase else list(words)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=256)
 def _aware_words(text: str) -> tuple[str, ...]:
     """Cached for the last few documents: both word filters measuring one document segment it once."""
     if not _HAN.search(text):
