@@ -61,9 +61,13 @@ def test_fix_unicode_rejects_unknown_normalization() -> None:
         build_op({"fix_unicode_mapper": {"normalization": "NFX"}}, semantics="language_aware")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
-    st.text(alphabet=st.sampled_from(list("ab <&;amp\n\r\t\u00c3\u00a9\uff0c\u201c\u3000\x1b\x85é中"))),
+    st.text(
+        alphabet=st.sampled_from(
+            list("ab <&;amp\n\r\t\u00c3\u00a9\uff0c\u201c\u3000\x1b\x85é中ﬁ\x00\ufeff１œ\u2028")
+        )
+    ),
     st.booleans(),
 )
 def test_fast_ftfy_equals_ftfy(text: str, aware: bool) -> None:
