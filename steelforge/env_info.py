@@ -12,7 +12,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "ray": (("ray",), "cleaning/dedup on a Ray cluster (executor: ray)"),
     "gpu": (("liger-kernel", "flash-attn"), "Liger fused kernels and FlashAttention on CUDA"),
     "eval": (("lm-eval", "math-verify"), "evaluation harness bridge and answer verification"),
-    "quality": (("fasttext-numpy2", "fasttext"), "fastText quality and language-id filters"),
+    "quality": (("fasttext-community", "fasttext"), "fastText quality and language-id filters"),
     "tensorboard": (("tensorboard",), "TensorBoard metric logs"),
 }
 
