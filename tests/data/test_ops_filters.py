@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from steelforge.data.ops import Filter, build_op
 from steelforge.data.ops._text import han_share, is_chinese
+from steelforge.data.ops.filters_chars import char_ngram_repetition
 from steelforge.errors import RecipeError
 
 FILTERS = [
@@ -178,3 +180,18 @@ def test_ratios_stay_in_unit_interval(semantics: str, text: str) -> None:
         if name.endswith(("ratio_filter", "repetition_filter", "characters_filter", "alphanumeric_filter")):
             assert value <= 1
         assert isinstance(op.keep(stats), bool)
+
+
+def _reference_char_repetition(text: str, n: int) -> float:
+    """Data-Juicer's definition, spelled out with a Counter of n-gram strings."""
+    freq = sorted(Counter(text[i : i + n] for i in range(len(text) - n + 1)).values(), reverse=True)
+    if not freq:
+        return 0.0
+    top = min(int(len(freq) ** 0.5), len(freq) - freq.count(1))
+    return sum(freq[:top]) / sum(freq)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab 中文😀\n")), max_size=200), n=st.integers(1, 12))
+def test_hashed_char_repetition_matches_the_definition(text: str, n: int) -> None:
+    assert char_ngram_repetition(text, n) == pytest.approx(_reference_char_repetition(text, n), abs=1e-12)
