@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steelforge.data.ops import Mapper, build_op
+from steelforge.data.ops._text import sparse_translator
 from steelforge.data.ops.mappers_normalize import fix_text_fast
 from steelforge.errors import RecipeError
 
@@ -251,3 +252,15 @@ def test_semantics_must_be_known() -> None:
 
     with pytest.raises(ValueError, match="semantics"):
         WhitespaceNormalizationMapper(semantics="spacy")  # type: ignore[arg-type]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("a A\t\u3000\u200b，—１x中"))))
+def test_sparse_translator_equals_str_translate(text: str) -> None:
+    tables = [
+        {0x20: " ", 0x9: " ", 0x3000: " ", 0x200B: None},
+        str.maketrans({"，": ",", "—": " - "}),
+        {65: 97},
+    ]
+    for table in tables:
+        assert sparse_translator(table)(text) == text.translate(table)

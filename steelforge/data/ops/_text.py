@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from steelforge.data.ops.base import SEMANTICS
@@ -92,3 +93,14 @@ def strip_r_quotes(pattern: str | None) -> str | None:
     if pattern is not None and len(pattern) > 2 and pattern[-1] == pattern[1] and pattern[:2] in ("r'", 'r"'):
         return pattern[2:-1]
     return pattern
+
+
+def sparse_translator(table: dict[int, str | int | None]) -> Callable[[str], str]:
+    """`str.translate(table)` as a regex substitution: same result, but only the characters that change
+    go through Python, several times faster on CJK text where `translate` looks up every character."""
+    changes = {cp: "" if v is None else chr(v) if isinstance(v, int) else v for cp, v in table.items()}
+    changes = {cp: v for cp, v in changes.items() if v != chr(cp)}
+    if not changes:
+        return lambda text: text
+    pattern = re.compile("[" + "".join(f"\\U{cp:08X}" for cp in sorted(changes)) + "]")
+    return lambda text: pattern.sub(lambda m: changes[ord(m.group())], text)

@@ -9,17 +9,26 @@ from typing import Any
 
 from steelforge.data.ops._dj_tables import DJ_PUNCTUATION_MAP, DJ_WHITESPACE_RANGES
 from steelforge.data.ops._opencc_legacy import legacy_t2s_config
-from steelforge.data.ops._text import HAN_CLASS, KANA_CLASS, check_semantics, count_matches, is_chinese
+from steelforge.data.ops._text import (
+    HAN_CLASS,
+    KANA_CLASS,
+    check_semantics,
+    count_matches,
+    is_chinese,
+    sparse_translator,
+)
 from steelforge.data.ops.base import Mapper, Semantics, register_op
 
 NORMALIZATIONS = ("NFC", "NFKC", "NFD", "NFKD")
 
 # Full-width ASCII letters and digits (Ａ-Ｚ, ａ-ｚ, ０-９) folded to ASCII; full-width punctuation is left alone.
-_FULLWIDTH_ALNUM = {
-    **{0xFF10 + i: ord("0") + i for i in range(10)},
-    **{0xFF21 + i: ord("A") + i for i in range(26)},
-    **{0xFF41 + i: ord("a") + i for i in range(26)},
-}
+_fold_fullwidth_alnum = sparse_translator(
+    {
+        **{0xFF10 + i: chr(ord("0") + i) for i in range(10)},
+        **{0xFF21 + i: chr(ord("A") + i) for i in range(26)},
+        **{0xFF41 + i: chr(ord("a") + i) for i in range(26)},
+    }
+)
 
 
 @register_op("fix_unicode_mapper")
@@ -58,7 +67,7 @@ class FixUnicodeMapper(Mapper):
         fixed = fix_text_fast(text, self._fixer_config())
         if self.semantics == "data_juicer":
             return fixed
-        return fixed.translate(_FULLWIDTH_ALNUM)
+        return _fold_fullwidth_alnum(fixed)
 
 
 # A line of printable ASCII (tab allowed) passes every ftfy step unchanged, except HTML unescaping of "&".
@@ -114,18 +123,13 @@ _LOCAL_FIXERS = (
 
 @cache
 def _sparse_translators() -> dict[str, Any]:
-    """ftfy's `str.translate` fixers as regex substitutions: same result, but only matched characters
-    go through Python, which is much faster on CJK text where few characters need a change."""
+    """ftfy's `str.translate` fixers as sparse regex substitutions (same result, faster on CJK text)."""
     from ftfy.chardata import CONTROL_CHARS, LIGATURES, WIDTH_MAP
 
-    def translator(table: dict[int, str | None]) -> Any:
-        pattern = re.compile("[" + "".join(f"\\U{cp:08X}" for cp in sorted(table)) + "]")
-        return lambda text: pattern.sub(lambda m: table[ord(m.group())] or "", text)
-
     return {
-        "fix_latin_ligatures": translator(LIGATURES),
-        "fix_character_width": translator(WIDTH_MAP),
-        "remove_control_chars": translator(CONTROL_CHARS),
+        "fix_latin_ligatures": sparse_translator(LIGATURES),
+        "fix_character_width": sparse_translator(WIDTH_MAP),
+        "remove_control_chars": sparse_translator(CONTROL_CHARS),
     }
 
 
@@ -170,15 +174,15 @@ class PunctuationNormalizationMapper(Mapper):
 
     def __init__(self, semantics: Semantics = "language_aware") -> None:
         super().__init__(semantics=check_semantics(semantics))  # type: ignore[arg-type]
-        self._dj_table = str.maketrans(DJ_PUNCTUATION_MAP)
+        self._dj = sparse_translator(str.maketrans(DJ_PUNCTUATION_MAP))
         fixed = {**DJ_PUNCTUATION_MAP, "\uff11": "1"}
-        self._other_table = str.maketrans(fixed)
-        self._zh_table = str.maketrans({k: v for k, v in fixed.items() if k not in _ZH_KEEP})
+        self._other = sparse_translator(str.maketrans(fixed))
+        self._zh = sparse_translator(str.maketrans({k: v for k, v in fixed.items() if k not in _ZH_KEEP}))
 
     def map_text(self, text: str) -> str:
         if self.semantics == "data_juicer":
-            return text.translate(self._dj_table)
-        return text.translate(self._zh_table if is_chinese(text) else self._other_table)
+            return self._dj(text)
+        return (self._zh if is_chinese(text) else self._other)(text)
 
 
 _DJ_WHITESPACE_TABLE = {cp: " " for lo, hi in DJ_WHITESPACE_RANGES for cp in range(lo, hi + 1)}
@@ -202,10 +206,11 @@ class WhitespaceNormalizationMapper(Mapper):
 
     def __init__(self, semantics: Semantics = "language_aware") -> None:
         super().__init__(semantics=check_semantics(semantics))  # type: ignore[arg-type]
-        self._table = _DJ_WHITESPACE_TABLE if semantics == "data_juicer" else _AWARE_WHITESPACE_TABLE
+        table = _DJ_WHITESPACE_TABLE if semantics == "data_juicer" else _AWARE_WHITESPACE_TABLE
+        self._translate = sparse_translator(table)
 
     def map_text(self, text: str) -> str:
-        return text.strip().translate(self._table)
+        return self._translate(text.strip())
 
 
 @register_op("remove_specific_chars_mapper")
@@ -220,10 +225,10 @@ class RemoveSpecificCharsMapper(Mapper):
     ) -> None:
         super().__init__(semantics=check_semantics(semantics))  # type: ignore[arg-type]
         chars = "".join(chars_to_remove) if chars_to_remove else ""
-        self._table = dict.fromkeys(map(ord, chars))
+        self._translate = sparse_translator(dict.fromkeys(map(ord, chars)))
 
     def map_text(self, text: str) -> str:
-        return text.translate(self._table) if self._table else text
+        return self._translate(text)
 
 
 CHINESE_CONVERT_MODES = (
