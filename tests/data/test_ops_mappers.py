@@ -264,3 +264,18 @@ def test_sparse_translator_equals_str_translate(text: str) -> None:
     ]
     for table in tables:
         assert sparse_translator(table)(text) == text.translate(table)
+
+
+@pytest.mark.parametrize("semantics", ["data_juicer", "language_aware"])
+def test_operators_pickle_for_worker_processes(semantics: str) -> None:
+    import pickle
+
+    from steelforge.data.ops.filters_chars import AlphanumericFilter
+
+    text = "  《测试》，１２ <p>x&amp;y</p> http://a.b/c\t"
+    for op in [*_all_mappers(semantics), AlphanumericFilter(semantics=semantics)]:  # type: ignore[arg-type]
+        clone = pickle.loads(pickle.dumps(op))
+        if isinstance(op, Mapper):
+            assert clone.map_text(text) == op.map_text(text)
+        else:
+            assert clone.compute_stats(text) == op.compute_stats(text)

@@ -95,12 +95,24 @@ def strip_r_quotes(pattern: str | None) -> str | None:
     return pattern
 
 
-def sparse_translator(table: dict[int, str | int | None]) -> Callable[[str], str]:
+class SparseTranslator:
     """`str.translate(table)` as a regex substitution: same result, but only the characters that change
-    go through Python, several times faster on CJK text where `translate` looks up every character."""
-    changes = {cp: "" if v is None else chr(v) if isinstance(v, int) else v for cp, v in table.items()}
-    changes = {cp: v for cp, v in changes.items() if v != chr(cp)}
-    if not changes:
-        return lambda text: text
-    pattern = re.compile("[" + "".join(f"\\U{cp:08X}" for cp in sorted(changes)) + "]")
-    return lambda text: pattern.sub(lambda m: changes[ord(m.group())], text)
+    go through Python, several times faster on CJK text where `translate` looks up every character.
+    A class rather than a closure so that operators holding one can be pickled for worker processes."""
+
+    def __init__(self, table: dict[int, str | int | None]) -> None:
+        changes = {cp: "" if v is None else chr(v) if isinstance(v, int) else v for cp, v in table.items()}
+        self.changes = {cp: v for cp, v in changes.items() if v != chr(cp)}
+        classes = "".join(f"\\U{cp:08X}" for cp in sorted(self.changes))
+        self.pattern = re.compile(f"[{classes}]") if self.changes else None
+
+    def _replace(self, match: re.Match[str]) -> str:
+        return self.changes[ord(match.group())]
+
+    def __call__(self, text: str) -> str:
+        return self.pattern.sub(self._replace, text) if self.pattern is not None else text
+
+
+def sparse_translator(table: dict[int, str | int | None]) -> Callable[[str], str]:
+    """A picklable callable equal to `lambda text: text.translate(table)`, faster on CJK text."""
+    return SparseTranslator(table)
