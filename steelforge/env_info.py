@@ -52,8 +52,8 @@ def collect_info() -> dict[str, list[tuple[str, str]]]:
         found = [f"{d} {_version(d)}" for d in dists if _version(d)]
         status = ("yes: " + ", ".join(found)) if found else f"no (pip install 'steelforge[{extra}]')"
         extras.append((f"[{extra}] {purpose}", status))
-    if importlib.util.find_spec("jieba") is None:
-        extras.append(("jieba", "missing: language-aware Chinese word counts unavailable"))
+    if importlib.util.find_spec("rjieba") is None:
+        extras.append(("rjieba", "missing: language-aware Chinese word counts unavailable"))
     return {"versions": versions, "devices": devices, "extras": extras}
 
 
