@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from steelforge.data.ops import Mapper, build_op
 from steelforge.data.ops._text import sparse_translator
-from steelforge.data.ops.mappers_normalize import fix_text_fast
+from steelforge.data.ops.mappers_normalize import _badness_hints, fix_text_fast, is_bad_fast
 from steelforge.errors import RecipeError
 
 MAPPERS = [
@@ -75,6 +75,27 @@ def test_fast_ftfy_equals_ftfy(text: str, aware: bool) -> None:
     extra = {"fix_character_width": False, "uncurl_quotes": False} if aware else {}
     config = ftfy.TextFixerConfig(normalization="NFC", **extra)
     assert fix_text_fast(text, config) == ftfy.fix_text(text, config=config)
+
+
+@cache
+def _mojibake_alphabet() -> list[str]:
+    """Every character ftfy's badness regex mentions, plus ASCII, CJK and whitespace around them."""
+    from ftfy.badness import BADNESS_RE
+
+    return sorted(set(BADNESS_RE.pattern) - set("[]{}|\\#") | set("abcAZ .,?!\n\t中文，。“”"))
+
+
+def test_badness_hints_apply_to_installed_ftfy() -> None:
+    assert _badness_hints() is not None  # otherwise is_bad_fast silently falls back to the slow search
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_is_bad_fast_equals_ftfy(data: st.DataObject) -> None:
+    from ftfy.badness import is_bad
+
+    text = data.draw(st.text(alphabet=st.sampled_from(_mojibake_alphabet()), max_size=40))
+    assert is_bad_fast(text) == is_bad(text)
 
 
 def test_punctuation_data_juicer_table_quirks() -> None:
