@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from steelforge.data.ops.base import build_op
-from steelforge.data.ops.dedup_common import UnionFind, mixed_tokens, shingles
+from steelforge.data.ops.dedup_common import (
+    _MIXED_TOKENS,
+    _POLY,
+    UnionFind,
+    _mix64,
+    mixed_tokens,
+    shingle_hashes,
+    shingles,
+)
 from steelforge.data.ops.dedup_simhash import simhash
 
 
@@ -131,3 +142,47 @@ def test_data_juicer_space_tokens_split_on_spaces_only() -> None:
 
     assert split_on_whitespace("a b\nc\td  e") == ["a", "b\nc\td", "e"]
     assert split_on_whitespace("第一行\n第二行\n第三行") == ["第一行\n第二行\n第三行"]
+
+
+def test_mixed_tokens_stdlib_pattern_matches_regex_on_every_codepoint() -> None:
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    for start in range(0, len(every), 1 << 16):  # chunks, each checked against the `regex` original
+        chunk = every[start : start + (1 << 16)] + " a\u4e00b c"
+        assert mixed_tokens(chunk) == _MIXED_TOKENS.findall(chunk)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab Z1 \n\t\u3000\u00a0中文日本あアㄱ한\ud7ff\ue000.,，。"))))
+def test_mixed_tokens_equal_regex_tokens(text: str) -> None:
+    assert mixed_tokens(text) == _MIXED_TOKENS.findall(text)
+
+
+def _shingle_hashes_reference(tokens: list[str] | str, window: int) -> np.ndarray:
+    """The plain definition: BLAKE2b per token, polynomial over a sliding window, mixed, distinct."""
+    n = len(tokens)
+    window = min(window, n)
+    if window == 0:
+        return np.empty(0, dtype=np.uint64)
+    ids = np.array(
+        [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in tokens],
+        dtype=np.uint64,
+    )
+    grams = np.lib.stride_tricks.sliding_window_view(ids, window)
+    powers = np.array([pow(int(_POLY), k, 1 << 64) for k in range(window)], dtype=np.uint64)
+    return np.unique(_mix64((grams * powers).sum(axis=1, dtype=np.uint64)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.lists(st.sampled_from(["a", "b", "中", "文", "word", "é"])), st.text(max_size=40)),
+    st.integers(1, 8),
+)
+def test_shingle_hashes_equal_plain_definition(tokens: list[str] | str, window: int) -> None:
+    assert np.array_equal(shingle_hashes(tokens, window), _shingle_hashes_reference(tokens, window))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, (1 << 64) - 1), max_size=40))
+def test_simhash_equals_shift_and_count(hashes: list[int]) -> None:
+    bits = [sum((h >> k) & 1 for h in hashes) * 2 > len(hashes) for k in range(64)]
+    assert simhash(hashes) == sum(1 << k for k, b in enumerate(bits) if b)

@@ -40,11 +40,17 @@ def shingle_hash(shingle: bytes) -> int:
 
 
 def simhash(hashes: Sequence[int] | np.ndarray) -> int:
-    """Per-bit majority of 64-bit hashes (bit set when more hashes have it set than not); 0 for none."""
+    """Per-bit majority of 64-bit hashes (bit set when more hashes have it set than not); 0 for none.
+
+    Bits are counted by unpacking the hashes' bytes (8x less memory traffic than shifting by 64 bit
+    positions); the byte order is fixed to little-endian so bit k of the count is bit k of the hash.
+    """
     if len(hashes) == 0:
         return 0
-    arr = np.asarray(hashes, dtype=np.uint64)
-    ones = ((arr[:, None] >> _BITS) & np.uint64(1)).sum(axis=0)
+    arr = np.asarray(hashes, dtype="<u8")
+    ones = np.unpackbits(arr.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little").sum(
+        axis=0, dtype=np.int64
+    )
     bits = ones * 2 > len(hashes)
     return int((bits.astype(np.uint64) << _BITS).sum())
 
