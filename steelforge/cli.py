@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from steelforge.errors import SteelforgeError
 from steelforge.reporting import StageReport, console, print_report, print_table
+
+if TYPE_CHECKING:
+    from steelforge.recipe import Recipe
 
 app = typer.Typer(
     name="steelforge",
@@ -43,7 +46,7 @@ SetOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the stage's outputs are complete.")]
 
 
-def run_stage(stage: str, recipe, force: bool = False) -> StageReport:
+def run_stage(stage: str, recipe: Recipe, force: bool = False) -> StageReport:
     """Run one stage of a loaded recipe, or skip it when its outputs are already complete."""
     module_name, run_name, done_name = STAGE_RUNNERS[stage]
     module = importlib.import_module(module_name)
@@ -57,7 +60,7 @@ def run_stage(stage: str, recipe, force: bool = False) -> StageReport:
     return report
 
 
-def _load(recipe: str, overrides: list[str] | None):
+def _load(recipe: str, overrides: list[str] | None) -> Recipe:
     from steelforge.recipe import load_recipe
 
     return load_recipe(recipe, overrides or [])
@@ -98,7 +101,7 @@ def run(recipe: RecipeArg = "demo", set_: SetOpt = None, force: ForceOpt = False
     print_table(f"run '{loaded.name}' summary", ["stage", "status"], rows)
 
 
-def _after_run(recipe) -> list[tuple[str, str]]:
+def _after_run(recipe: Recipe) -> list[tuple[str, str]]:
     """Post-run extras that are not stages of their own (sampling text from the trained model)."""
     if recipe.pretrain is None:
         return []

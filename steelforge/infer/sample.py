@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from steelforge.errors import SteelforgeError
 from steelforge.reporting import console, print_table
+
+if TYPE_CHECKING:
+    from steelforge.recipe import Recipe
 
 # Prompts in the style of the embedded demo corpus (encyclopedic facts, arithmetic, Q&A, code).
 DEFAULT_PROMPTS: tuple[str, ...] = ("小明有3个苹果，", "问：", "The city of", "def ")
@@ -58,7 +62,7 @@ def print_samples(prompts: list[str] | tuple[str, ...], outputs: list[str]) -> N
     print_table("samples", ["prompt", "continuation"], rows, text_columns=True)
 
 
-def sample_after_pretrain(recipe) -> list[tuple[str, str]]:
+def sample_after_pretrain(recipe: Recipe) -> list[tuple[str, str]]:
     """Demo epilogue: sample from the exported pretrained model and say where it is."""
     model_dir = recipe.stage_dir("pretrain") / "hf"
     if not (model_dir / "config.json").is_file():
