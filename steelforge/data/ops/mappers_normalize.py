@@ -284,16 +284,20 @@ class WhitespaceNormalizationMapper(Mapper):
     - `language_aware`: the visible spaces (NBSP, U+2000-U+200A, U+202F, U+205F, U+3000, U+0084) become a
       space; invisible ones (ZWSP, word joiner, BOM, U+FFFC) are removed instead of turning into spaces
       inside Chinese text; tab (code indentation) and the joiners U+200C/U+200D (emoji sequences,
-      Indic and Persian script) are kept.
+      Indic and Persian script) are kept. The ends are stripped after the mapping too, so that a mapped
+      character at an end (U+0084 is not whitespace to `str.strip`) does not survive as a space: running the
+      mapper twice changes nothing. Data-Juicer strips only before mapping, and `data_juicer` keeps that.
     """
 
     def __init__(self, semantics: Semantics = "language_aware") -> None:
         super().__init__(semantics=check_semantics(semantics))  # type: ignore[arg-type]
         table = _DJ_WHITESPACE_TABLE if semantics == "data_juicer" else _AWARE_WHITESPACE_TABLE
         self._translate = sparse_translator(table)
+        self._strip_after = semantics != "data_juicer"
 
     def map_text(self, text: str) -> str:
-        return self._translate(text.strip())
+        mapped = self._translate(text.strip())
+        return mapped.strip() if self._strip_after else mapped
 
 
 @register_op("remove_specific_chars_mapper")
