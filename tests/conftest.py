@@ -6,8 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("STEELFORGE_QUIET", "1")
+
+# CI replays the same examples on every run (a red CI must mean a change broke something); local runs keep
+# exploring new random examples.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STEELFORGE_SHARED", ROOT.parent / "shared"))
