@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from steelforge.data.ops import Filter, build_op
 from steelforge.data.ops._text import han_share, is_chinese
 from steelforge.data.ops.filters_chars import char_ngram_repetition
+from steelforge.data.ops.filters_words import _aware_words, _aware_words_reference, aware_words
 from steelforge.errors import RecipeError
 
 FILTERS = [
@@ -195,3 +196,17 @@ def _reference_char_repetition(text: str, n: int) -> float:
 @given(text=st.text(alphabet=st.sampled_from(list("ab 中文😀\n")), max_size=200), n=st.integers(1, 12))
 def test_hashed_char_repetition_matches_the_definition(text: str, n: int) -> None:
     assert char_ngram_repetition(text, n) == pytest.approx(_reference_char_repetition(text, n), abs=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(
+            list("中文字词语北京大学 \n\t\x1c\u3000\u00a0ab AB1 2.,，。、！?-_#&%+\"'ΣσÉé()（）【】")
+        ),
+        max_size=80,
+    )
+)
+def test_grouped_aware_words_equal_token_by_token(text: str) -> None:
+    assert _aware_words.__wrapped__(text) == _aware_words_reference(text)
+    assert aware_words(text, lowercase=True) == [w.lower() for w in _aware_words_reference(text)]
