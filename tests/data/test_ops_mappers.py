@@ -306,3 +306,15 @@ def test_operators_pickle_for_worker_processes(semantics: str) -> None:
             assert clone.map_text(text) == op.map_text(text)
         else:
             assert clone.compute_stats(text) == op.compute_stats(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab 中文.。！!？?…’”\"'」）{}62 \t")), max_size=40))
+def test_sentence_split_precheck_changes_nothing(line: str) -> None:
+    from steelforge.data.ops.mappers_sentences import _AWARE_BOUNDARY, _DJ_SPLITS, dj_split_sentences
+
+    plain = line
+    for pattern, repl in _DJ_SPLITS:
+        plain = pattern.sub(repl, plain)
+    assert dj_split_sentences(line) == plain.split("\n")
+    assert _AWARE_BOUNDARY.split(line) == [line] or any(c in line for c in "。！？.!?")

@@ -30,7 +30,15 @@ _AWARE_TERMINATED = re.compile(r"(?:[。！？.!?]|…{2})[\"'”’」』）)\]
 _AWARE_SPECIAL = re.compile(r"[^\w\s]|_")
 
 
+# Every splitter above needs one of these characters (the fourth one a closing quote), so a line
+# without any of them is a single sentence; most list items, headings and table rows skip four `sub`s.
+_DJ_MAY_SPLIT = re.compile(r"[.。！!？?…’”]")
+_AWARE_MAY_SPLIT = re.compile(r"[。！？.!?]")  # every boundary sits right after one of these (or a quote after one)
+
+
 def dj_split_sentences(line: str) -> list[str]:
+    if not _DJ_MAY_SPLIT.search(line):
+        return [line]
     for pattern, repl in _DJ_SPLITS:
         line = pattern.sub(repl, line)
     return line.split("\n")
@@ -80,7 +88,11 @@ class RemoveRepeatSentencesMapper(Mapper):
                 out_lines.append(line)
                 continue
             kept = []
-            for sentence in dj_split_sentences(line) if dj else _AWARE_BOUNDARY.split(line):
+            if dj:
+                sentences = dj_split_sentences(line)
+            else:
+                sentences = _AWARE_BOUNDARY.split(line) if _AWARE_MAY_SPLIT.search(line) else [line]
+            for sentence in sentences:
                 key = self._key(sentence)
                 if len(key) < self.min_repeat_sentence_length or (
                     not dj and not _AWARE_TERMINATED.search(sentence)
