@@ -50,9 +50,11 @@ def aware_words(text: str, lowercase: bool = False) -> list[str]:
     return "\n".join(words).lower().split("\n")
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def _aware_words(text: str) -> tuple[str, ...]:
-    """Cached for the last few documents: both word filters measuring one document segment it once.
+    """Cached for the last 1,024 documents: the pipeline runs each operator over a whole batch (1,000
+    documents by default) before the next one, so the cache must hold a batch for `words_num_filter`
+    and `word_repetition_filter` to segment each document only once.
 
     Consecutive whitespace tokens of the same kind are handled in one call: jieba cuts the Han tokens
     joined by a space (a space always separates jieba's blocks, so the pieces are those of each token
