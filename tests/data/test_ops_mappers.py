@@ -318,3 +318,13 @@ def test_sentence_split_precheck_changes_nothing(line: str) -> None:
         plain = pattern.sub(repl, plain)
     assert dj_split_sentences(line) == plain.split("\n")
     assert _AWARE_BOUNDARY.split(line) == [line] or any(c in line for c in "。！？.!?")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([*"htpsHTw W.:/a-z中文 (x)1%", "www.", "http://", "a.cn/"]), max_size=20).map("".join),
+    st.sampled_from(["data_juicer", "language_aware"]),
+)
+def test_links_precheck_changes_nothing(text: str, semantics: str) -> None:
+    op = build_op("clean_links_mapper", semantics=semantics)
+    assert op.map_text(text) == op.regex.sub("", text)

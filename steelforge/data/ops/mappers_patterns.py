@@ -115,3 +115,14 @@ class CleanLinksMapper(_PatternMapper):
         self, pattern: str | None = None, repl: str = "", semantics: Semantics = "language_aware"
     ) -> None:
         super().__init__(pattern, repl, semantics)
+        self._builtin = strip_r_quotes(pattern) is None
+
+    def map_text(self, text: str) -> str:
+        # Every built-in link starts with a scheme's ":", a "/", or "www" (no other character folds to
+        # "w"), so text without them (most Chinese prose) cannot hold one and skips the large regex.
+        if self._builtin and ":" not in text and "/" not in text and not _WWW.search(text):
+            return text
+        return self.regex.sub(self.repl, text)
+
+
+_WWW = re.compile("www", re.IGNORECASE)
