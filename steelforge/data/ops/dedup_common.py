@@ -190,8 +190,8 @@ def duplicates_from_union_find(ids: Sequence[str], uf: UnionFind) -> dict[str, s
     return out
 
 
-def first_of_equal_keys(keys: Sequence[object | None]) -> UnionFind:
-    """Union-find joining positions with equal non-None keys (exact matches)."""
+def union_equal_keys(keys: Sequence[object | None]) -> tuple[UnionFind, dict[object, int]]:
+    """Union-find joining positions with equal non-None keys (exact matches), and each key's first position."""
     uf = UnionFind(len(keys))
     first: dict[object, int] = {}
     for i, key in enumerate(keys):
@@ -200,4 +200,4 @@ def first_of_equal_keys(keys: Sequence[object | None]) -> UnionFind:
         j = first.setdefault(key, i)
         if j != i:
             uf.union(j, i)
-    return uf
+    return uf, first

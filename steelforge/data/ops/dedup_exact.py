@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import regex
 
 from steelforge.data.ops.base import Deduplicator, Semantics, register_op
-from steelforge.data.ops.dedup_common import duplicates_from_union_find, first_of_equal_keys
+from steelforge.data.ops.dedup_common import duplicates_from_union_find, union_equal_keys
 
 _NON_CHARACTER = regex.compile(r"[^\p{L}\p{N}]")
 
@@ -35,4 +35,4 @@ class DocumentDeduplicator(Deduplicator):
         return hashlib.md5(text.encode("utf-8")).digest()
 
     def find_duplicates(self, ids: Sequence[str], signatures: Sequence[bytes]) -> dict[str, str]:
-        return duplicates_from_union_find(ids, first_of_equal_keys(signatures))
+        return duplicates_from_union_find(ids, union_equal_keys(signatures)[0])

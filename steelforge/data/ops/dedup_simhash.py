@@ -24,11 +24,11 @@ import regex
 
 from steelforge.data.ops.base import Deduplicator, Semantics, register_op
 from steelforge.data.ops.dedup_common import (
-    UnionFind,
     duplicates_from_union_find,
     shingle_hashes,
     shingles,
     tokens_for,
+    union_equal_keys,
 )
 
 _BITS = np.arange(64, dtype=np.uint64)
@@ -133,14 +133,7 @@ class DocumentSimhashDeduplicator(Deduplicator):
 
     def find_duplicates(self, ids: Sequence[str], signatures: Sequence[int | None]) -> dict[str, str]:
         # Equal simhashes first (cheap), then near matches between the distinct values.
-        first_pos: dict[int, int] = {}
-        uf = UnionFind(len(ids))
-        for i, sig in enumerate(signatures):
-            if sig is None:
-                continue
-            j = first_pos.setdefault(sig, i)
-            if j != i:
-                uf.union(j, i)
+        uf, first_pos = union_equal_keys(signatures)
         distinct = list(first_pos)
         for a, b in self.matching_pairs(distinct):
             uf.union(first_pos[distinct[a]], first_pos[distinct[b]])
