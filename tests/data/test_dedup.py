@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +18,11 @@ from steelforge.data.ops.dedup_common import (
     _POLY,
     UnionFind,
     _mix64,
+    mixed_token_hashes,
     mixed_tokens,
     shingle_hashes,
     shingles,
+    token_hashes,
 )
 from steelforge.data.ops.dedup_simhash import simhash
 
@@ -186,3 +190,38 @@ def test_shingle_hashes_equal_plain_definition(tokens: list[str] | str, window: 
 def test_simhash_equals_shift_and_count(hashes: list[int]) -> None:
     bits = [sum((h >> k) & 1 for h in hashes) * 2 > len(hashes) for k in range(64)]
     assert simhash(hashes) == sum(1 << k for k, b in enumerate(bits) if b)
+
+
+def _steel_texts(steel_samples_dir: Path) -> list[str]:
+    from steelforge.data.io import iter_records
+
+    texts = [r["text"] for r in iter_records(steel_samples_dir / "2021-31_zh_head_0000_sample.jsonl")]
+    wiki = json.loads((steel_samples_dir / "wikipedia-cn-20230720-filtered_sample.json").read_text("utf-8"))
+    return texts + [r["completion"] for r in wiki]
+
+
+def test_mixed_token_hashes_equal_hashes_of_mixed_tokens_on_steel_samples(steel_samples_dir: Path) -> None:
+    for text in _steel_texts(steel_samples_dir):
+        text = text.lower()
+        assert np.array_equal(mixed_token_hashes(text), token_hashes(mixed_tokens(text)))
+
+
+def test_mixed_token_hashes_equal_on_every_codepoint() -> None:
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    for start in range(0, len(every), 1 << 16):
+        chunk = every[start : start + (1 << 16)] + " ab\u4e00c d"
+        assert np.array_equal(mixed_token_hashes(chunk), token_hashes(mixed_tokens(chunk)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab Z1 \n\t\u3000\u00a0中文日本あアㄱ한\ud7ff\ue000.,，。"))))
+def test_mixed_token_hashes_equal_hashes_of_mixed_tokens(text: str) -> None:
+    assert np.array_equal(mixed_token_hashes(text), token_hashes(mixed_tokens(text)))
+
+
+def test_language_aware_simhash_equals_its_token_definition(steel_samples_dir: Path) -> None:
+    """The signature from code points equals simhash over `shingle_hashes` of the mixed tokens."""
+    op = build_op({"document_simhash_deduplicator": {}}, "language_aware")
+    for text in _steel_texts(steel_samples_dir)[:300]:
+        hashes = shingle_hashes(mixed_tokens(text.lower()), op.window_size)
+        assert op.signature(text) == (simhash(hashes) if len(hashes) else None)

@@ -45,8 +45,14 @@ def _mixed_tokens_stdlib() -> re.Pattern[str]:
     The CJK and whitespace classes are enumerated from the `regex` module's own properties, so both
     patterns match exactly the same characters.
     """
-    cjk, space = _stdlib_class(f"[{_CJK}]"), _stdlib_class(r"\s")
+    cjk, space = _stdlib_classes()
     return re.compile(f"[{cjk}]|[^{space}{cjk}]+")
+
+
+@cache
+def _stdlib_classes() -> tuple[str, str]:
+    """The CJK and whitespace classes of `_MIXED_TOKENS` as stdlib `re` class contents."""
+    return _stdlib_class(f"[{_CJK}]"), _stdlib_class(r"\s")
 
 
 def mixed_tokens(text: str) -> list[str]:
@@ -66,6 +72,14 @@ def tokens_for(text: str, tokenization: str, language_aware: bool) -> list[str] 
     if tokenization == "space":
         return mixed_tokens(text) if language_aware else split_on_whitespace(text)
     raise ValueError(f"tokenization must be space, punctuation or character, not '{tokenization}'")
+
+
+def aware_shingle_hashes(text: str, tokenization: str, window: int) -> np.ndarray:
+    """Language-aware `shingle_hashes(tokens_for(text, tokenization, True), window)`; space tokens are
+    hashed straight from the text's code points (`mixed_token_hashes`)."""
+    if tokenization == "space":
+        return gram_hashes(mixed_token_hashes(text), window)
+    return shingle_hashes(tokens_for(text, tokenization, True), window)
 
 
 def shingles(
@@ -128,18 +142,82 @@ def shingle_hashes(tokens: list[str] | str, window: int) -> np.ndarray:
     The window shrinks to the document's length, so only a document without tokens has no shingle (the
     language-aware rule).
     """
-    n = len(tokens)
+    if min(window, len(tokens)) == 0:
+        return np.empty(0, dtype=np.uint64)
+    return gram_hashes(token_hashes(tokens), window)
+
+
+def gram_hashes(ids: np.ndarray, window: int) -> np.ndarray:
+    """`shingle_hashes` from the tokens' hashes `ids` (uint64, in token order)."""
+    n = len(ids)
     window = min(window, n)
     if window == 0:
         return np.empty(0, dtype=np.uint64)
-    ids = token_hashes(tokens)
     count = n - window + 1
     grams = ids[:count].copy()
-    power = 1
     for k in range(1, window):
-        power = power * int(_POLY) % (1 << 64)
-        grams += ids[k : k + count] * np.uint64(power)
+        grams += ids[k : k + count] * _POWERS[k]
     return _distinct(_mix64(grams))
+
+
+_POWERS = [np.uint64(pow(int(_POLY), k, 1 << 64)) for k in range(64)]
+
+
+@cache
+def _char_classes() -> np.ndarray:
+    """Class of every code point for `mixed_tokens`: 0 whitespace, 1 other, 2 CJK (one token per character).
+
+    Taken from the stdlib pattern itself (each class matched over a string of every code point,
+    surrogates included), so the classes agree with `mixed_tokens` by construction.
+    """
+    every = np.arange(0x110000, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
+    classes = np.ones(0x110000, dtype=np.uint8)
+    cjk, space = _stdlib_classes()
+    for pattern, value in ((f"[{space}]+", 0), (f"[{cjk}]+", 2)):
+        for match in re.finditer(pattern, every):
+            classes[match.start() : match.end()] = value
+    return classes
+
+
+_CHAR_HASHES = np.zeros(0x110000, dtype=np.uint64)  # `token_hash(chr(c))`, filled on first use; 0 = not yet
+
+
+@cache
+def _long_runs() -> re.Pattern[str]:
+    """Maximal runs of at least two non-CJK, non-space characters (the multi-character `mixed_tokens`)."""
+    cjk, space = _stdlib_classes()
+    return re.compile(f"[^{space}{cjk}]{{2,}}")
+
+
+def mixed_token_hashes(text: str) -> np.ndarray:
+    """`token_hashes(mixed_tokens(text))` without building a string per CJK character.
+
+    The text is read as an array of code points: tokens start at every CJK character and at the first
+    character of every run of other non-space characters. One-character tokens (CJK characters, single
+    punctuation marks) take their hash from a per-code-point table; only the longer runs are cut out as
+    strings (one `findall`) and hashed through the token cache. Same hashes, same order.
+    """
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    if not len(cp):
+        return np.empty(0, dtype=np.uint64)
+    cls = _char_classes()[cp]
+    other = cls == 1
+    follows_other = np.zeros(len(cp), dtype=bool)
+    follows_other[1:] = other[:-1]
+    run_start = other & ~follows_other
+    pos = np.flatnonzero(run_start | (cls == 2))
+    hashes = _CHAR_HASHES[cp[pos]]
+    unknown = hashes == 0
+    if unknown.any():
+        for c in np.unique(cp[pos][unknown]).tolist():
+            _CHAR_HASHES[c] = token_hash(chr(c))
+        hashes = _CHAR_HASHES[cp[pos]]
+    long_start = run_start.copy()
+    long_start[:-1] &= other[1:]
+    long_start[-1] = False
+    if long_start.any():
+        hashes[long_start[pos]] = token_hashes(_long_runs().findall(text))
+    return hashes
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:

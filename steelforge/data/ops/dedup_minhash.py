@@ -28,8 +28,8 @@ import regex
 from steelforge.data.ops.base import Deduplicator, Semantics, register_op
 from steelforge.data.ops.dedup_common import (
     UnionFind,
+    aware_shingle_hashes,
     duplicates_from_union_find,
-    shingle_hashes,
     shingles,
     tokens_for,
 )
@@ -89,12 +89,15 @@ class DocumentMinhashDeduplicator(Deduplicator):
     def language_aware(self) -> bool:
         return self.semantics == "language_aware"
 
-    def _tokens(self, text: str) -> list[str] | str:
+    def _normalise(self, text: str) -> str:
         if self.lowercase:
             text = text.lower()
         if self.ignore_pattern is not None:
             text = self.ignore_pattern.sub("", text)
-        return tokens_for(text, self.tokenization, self.language_aware)
+        return text
+
+    def _tokens(self, text: str) -> list[str] | str:
+        return tokens_for(self._normalise(text), self.tokenization, self.language_aware)
 
     def shingle_set(self, text: str) -> set[bytes]:
         """The document's shingles as strings (the sets a Jaccard similarity is defined over)."""
@@ -105,7 +108,7 @@ class DocumentMinhashDeduplicator(Deduplicator):
     def signature(self, text: str) -> np.ndarray | None:
         """`num_permutations` 32-bit minimum hashes; None (language_aware) when the text has no shingle."""
         if self.language_aware:
-            hashes = shingle_hashes(self._tokens(text), self.window_size)
+            hashes = aware_shingle_hashes(self._normalise(text), self.tokenization, self.window_size)
             if not len(hashes):
                 return None
             # Multiply-add-shift hashing (Dietzfelbinger) of the shingles' high 32 bits: no modulo.

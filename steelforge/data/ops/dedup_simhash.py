@@ -24,14 +24,14 @@ import regex
 
 from steelforge.data.ops.base import Deduplicator, Semantics, register_op
 from steelforge.data.ops.dedup_common import (
+    aware_shingle_hashes,
     duplicates_from_union_find,
-    shingle_hashes,
     shingles,
     tokens_for,
     union_equal_keys,
 )
 
-_BITS = np.arange(64, dtype=np.uint64)
+_BIT_VALUES = np.uint64(1) << np.arange(64, dtype=np.uint64)
 
 
 def shingle_hash(shingle: bytes) -> int:
@@ -45,14 +45,13 @@ def simhash(hashes: Sequence[int] | np.ndarray) -> int:
     Bits are counted by unpacking the hashes' bytes (8x less memory traffic than shifting by 64 bit
     positions); the byte order is fixed to little-endian so bit k of the count is bit k of the hash.
     """
-    if len(hashes) == 0:
+    n = len(hashes)
+    if n == 0:
         return 0
     arr = np.asarray(hashes, dtype="<u8")
-    ones = np.unpackbits(arr.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little").sum(
-        axis=0, dtype=np.int64
-    )
-    bits = ones * 2 > len(hashes)
-    return int((bits.astype(np.uint64) << _BITS).sum())
+    bits = np.unpackbits(arr.view(np.uint8), bitorder="little").reshape(n, 64)
+    ones = bits.sum(axis=0, dtype=np.int32 if n < 1 << 31 else np.int64)
+    return int(_BIT_VALUES[ones * 2 > n].sum())
 
 
 def hamming(a: int, b: int) -> int:
@@ -99,10 +98,10 @@ class DocumentSimhashDeduplicator(Deduplicator):
             text = text.lower()
         if self.ignore_pattern is not None:
             text = self.ignore_pattern.sub("", text)
-        tokens = tokens_for(text, self.tokenization, self.language_aware)
         if self.language_aware:
-            hashes = shingle_hashes(tokens, self.window_size)
+            hashes = aware_shingle_hashes(text, self.tokenization, self.window_size)
             return simhash(hashes) if len(hashes) else None
+        tokens = tokens_for(text, self.tokenization, language_aware=False)
         grams = shingles(tokens, self.window_size, dj_off_by_one=True, language_aware=False)
         return simhash([shingle_hash(g) for g in grams])
 
