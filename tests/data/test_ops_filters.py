@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from steelforge.data.ops import Filter, build_op
 from steelforge.data.ops._text import han_share, is_chinese
 from steelforge.data.ops.filters_chars import char_ngram_repetition
-from steelforge.data.ops.filters_words import _aware_words, _aware_words_reference, aware_words
+from steelforge.data.ops.filters_words import (
+    _aware_words,
+    _aware_words_reference,
+    _word_ngram_repetition_reference,
+    aware_words,
+    word_ngram_repetition,
+)
 from steelforge.errors import RecipeError
 
 FILTERS = [
@@ -210,3 +216,15 @@ def test_hashed_char_repetition_matches_the_definition(text: str, n: int) -> Non
 def test_grouped_aware_words_equal_token_by_token(text: str) -> None:
     assert _aware_words.__wrapped__(text) == _aware_words_reference(text)
     assert aware_words(text, lowercase=True) == [w.lower() for w in _aware_words_reference(text)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    words=st.lists(st.sampled_from(["a", "b", "c", "中文", "词"]), max_size=400),
+    n=st.integers(1, 12),
+)
+def test_hashed_word_repetition_equals_the_definition(words: list[str], n: int) -> None:
+    """Long lists take the hashed path (candidates by 64-bit n-gram hash, exact count over them)."""
+    assert word_ngram_repetition(words, n) == _word_ngram_repetition_reference(words, n)
+    longer = [*words, *(f"w{i}" for i in range(100)), *words]  # always past the plain-Counter size
+    assert word_ngram_repetition(longer, n) == _word_ngram_repetition_reference(longer, n)

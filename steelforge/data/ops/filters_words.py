@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 
+import numpy as np
 import regex
 
 from steelforge.data.ops._bounded import BoundedFilter
@@ -102,7 +104,45 @@ def _aware_words_reference(text: str) -> tuple[str, ...]:
 
 
 def word_ngram_repetition(words: list[str], n: int) -> float:
-    """Share of word n-gram occurrences whose n-gram occurs more than once."""
+    """Share of word n-gram occurrences whose n-gram occurs more than once.
+
+    Only n-grams that can repeat are counted as tuples: each n-gram's 64-bit hash (a polynomial over
+    the words' `hash`) is computed with numpy, and the exact count runs over the occurrences whose hash
+    occurs more than once. Equal n-grams have equal hashes, so no repeated n-gram is missed, and a hash
+    collision only adds occurrences that the exact count then sees as single: the ratio is exact.
+    """
+    count = len(words) - n + 1
+    if count <= 0:
+        return 0.0
+    if count < _SMALL:
+        return _repetition_of(words, range(count), n, count)
+    ids = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+    grams = ids[:count].copy()
+    for k in range(1, n):
+        grams += ids[k : k + count] * _power(k)
+    ordered = np.sort(grams)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(repeated):
+        return 0.0
+    return _repetition_of(words, np.flatnonzero(np.isin(grams, repeated)).tolist(), n, count)
+
+
+_SMALL = 64  # below this many n-grams a plain Counter is faster than numpy
+
+
+def _repetition_of(words: list[str], starts: Iterable[int], n: int, count: int) -> float:
+    """The repetition ratio counting only the n-grams starting at `starts` (every repeated one among them)."""
+    freq = Counter([tuple(words[i : i + n]) for i in starts])
+    return sum(f for f in freq.values() if f > 1) / count
+
+
+@lru_cache(maxsize=64)
+def _power(k: int) -> np.uint64:
+    return np.uint64(pow(0x100000001B3, k, 1 << 64))
+
+
+def _word_ngram_repetition_reference(words: list[str], n: int) -> float:
+    """The plain definition (kept for the equivalence test)."""
     count = len(words) - n + 1
     if count <= 0:
         return 0.0
