@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import ftfy
 import pytest
@@ -322,9 +323,60 @@ def test_sentence_split_precheck_changes_nothing(line: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.sampled_from([*"htpsHTw W.:/a-z中文 (x)1%", "www.", "http://", "a.cn/"]), max_size=20).map("".join),
+    st.lists(st.sampled_from([*"htpsHTw W.:/a-z中文 (x)1%", "www.", "http://", "a.cn/"]), max_size=20).map(
+        "".join
+    ),
     st.sampled_from(["data_juicer", "language_aware"]),
 )
 def test_links_precheck_changes_nothing(text: str, semantics: str) -> None:
     op = build_op("clean_links_mapper", semantics=semantics)
     assert op.map_text(text) == op.regex.sub("", text)
+
+
+_SENTENCE_CHARS = list("ab AΣσ中文.。！!？?…’”\"'」』）)]{}62 \t\n\x1c\x85\u3000\u00a0_-#\x00")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(_SENTENCE_CHARS), max_size=80),
+    semantics=st.sampled_from(["data_juicer", "language_aware"]),
+    lowercase=st.booleans(),
+    ignore_special_character=st.booleans(),
+    min_repeat_sentence_length=st.integers(0, 3),
+)
+def test_remove_repeat_sentences_whole_document_equals_line_by_line(
+    text: str,
+    semantics: str,
+    lowercase: bool,
+    ignore_special_character: bool,
+    min_repeat_sentence_length: int,
+) -> None:
+    params = {
+        "lowercase": lowercase,
+        "ignore_special_character": ignore_special_character,
+        "min_repeat_sentence_length": min_repeat_sentence_length,
+    }
+    op = build_op({"remove_repeat_sentences_mapper": params}, semantics=semantics)
+    doubled = text + "\n" + text  # every sentence repeats: the removal path, not only the early return
+    assert op.map_text(text) == op.map_lines(text)
+    assert op.map_text(doubled) == op.map_lines(doubled)
+
+
+@pytest.mark.parametrize("semantics", ["data_juicer", "language_aware"])
+def test_remove_repeat_sentences_whole_document_equals_line_by_line_on_steel_samples(
+    steel_samples_dir: Path, semantics: str
+) -> None:
+    from steelforge.data.io import iter_records
+
+    op = (
+        dj("remove_repeat_sentences_mapper")
+        if semantics == "data_juicer"
+        else la("remove_repeat_sentences_mapper")
+    )
+    texts = [r["text"] for r in iter_records(steel_samples_dir / "2021-31_zh_head_0000_sample.jsonl")]
+    changed = 0
+    for text in texts:
+        out = op.map_text(text)
+        assert out == op.map_lines(text)  # type: ignore[attr-defined]
+        changed += out != text
+    assert changed  # the samples do repeat sentences
