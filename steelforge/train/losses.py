@@ -33,29 +33,47 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start : start + chunk].to(compute_dtype)
                 y = labels[start : start + chunk]
-                logits = (h @ w.t()).float()
                 valid = y != ignore_index
                 target = torch.where(valid, y, torch.zeros_like(y))
-                lse = torch.logsumexp(logits, dim=-1)
+                # One fp32 buffer per chunk, transformed in place: logits -> exp(logits - max) -> softmax grad.
+                # A single exp pass and no temporaries the size of the chunk (logsumexp would add two).
+                logits = (h @ w.t()).float()
                 picked = logits.gather(1, target[:, None]).squeeze(1)
-                loss_sum += ((lse - picked) * valid).sum()
+                row_max = logits.amax(dim=-1, keepdim=True)
+                logits.sub_(row_max).exp_()
+                row_sum = logits.sum(dim=-1, keepdim=True)
+                lse = (row_max + row_sum.log()).squeeze(1)
+                loss_sum += torch.where(valid, lse - picked, 0.0).sum()
                 if needs_grad:
                     # d(loss)/d(logits) = softmax - onehot(target), zero on ignored rows.
-                    grad_logits = torch.exp(logits - lse[:, None])
-                    grad_logits[torch.arange(len(y), device=y.device), target] -= 1.0
-                    grad_logits *= valid[:, None]
+                    inv = torch.where(valid[:, None], row_sum.reciprocal(), 0.0)
+                    grad_logits = logits.mul_(inv)
+                    rows = torch.arange(len(y), device=y.device)
+                    grad_logits[rows, target] -= valid.to(grad_logits.dtype)
                     g = grad_logits.to(compute_dtype)
-                    grad_hidden[start : start + chunk] = (g @ w).to(hidden.dtype)
-                    grad_weight += (g.t() @ h).float()
+                    if grad_hidden.dtype == compute_dtype and grad_hidden.is_contiguous():
+                        torch.mm(g, w, out=grad_hidden[start : start + chunk])
+                    else:
+                        grad_hidden[start : start + chunk] = (g @ w).to(hidden.dtype)
+                    if compute_dtype == torch.float32:
+                        grad_weight.addmm_(g.t(), h)
+                    else:
+                        grad_weight += (g.t() @ h).float()
                 del logits
+        ctx.consumed = False
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return loss_sum
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        if ctx.consumed:
+            raise RuntimeError("chunked cross-entropy gradients were already used; its backward can run only once")
+        ctx.consumed = True
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output.to(grad_hidden.dtype), grad_weight * grad_output.to(grad_weight.dtype), None, None, None
+        # The saved gradients are this function's own buffers: scale them in place, no second copy.
+        return grad_hidden.mul_(grad_output.to(grad_hidden.dtype)), grad_weight.mul_(grad_output.to(grad_weight.dtype)), None, None, None
 
 
 def chunked_linear_cross_entropy(

@@ -96,3 +96,13 @@ def test_liger_matches_chunked() -> None:  # pragma: no cover - CUDA only
     ref, _ = chunked_linear_cross_entropy(h, w, y)
     got, _ = liger_linear_cross_entropy(h, w, y)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_backward_twice_is_refused() -> None:
+    """The gradients are scaled in place in backward, so a second backward must fail loudly, not double them."""
+    hidden = torch.randn(6, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    loss, _ = chunked_linear_cross_entropy(hidden, weight, torch.randint(0, 11, (6,)), chunk_tokens=4)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="only once"):
+        loss.backward()
