@@ -168,11 +168,7 @@ class Trainer:
         global_tokens = max(float(stats[1]), 1.0)
         # FSDP averages gradients over ranks; plain single-process gradients are a plain sum.
         scale = (self.world_size if self._grads_averaged() else 1) / global_tokens
-        for p in self.params:
-            if p.grad is not None:
-                p.grad.mul_(scale)
-        max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm is not None else math.inf
-        grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=None)))
+        grad_norm = self._scale_and_clip(scale)
         loss = float(stats[0]) / global_tokens
         lr = self.optimizer.param_groups[0]["lr"]
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
@@ -193,6 +189,22 @@ class Trainer:
         self.counters["tokens"] += step_tokens
         self._last_step_tokens = step_tokens
         return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "finite": float(finite), "valid_tokens": global_tokens}
+
+    def _scale_and_clip(self, scale: float) -> float:
+        """Normalise the summed gradients by `scale` and clip them in one pass; returns the scaled global norm.
+
+        The norm of the unscaled gradients times `scale` is the norm of the scaled ones, so the token
+        normalisation and the clipping coefficient fold into a single multiply over all gradients.
+        """
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return 0.0
+        grad_norm = float(_full(torch.nn.utils.get_total_norm(grads, foreach=None))) * scale
+        factor = scale
+        if self.cfg.clip_grad_norm is not None and math.isfinite(grad_norm):
+            factor *= min(1.0, self.cfg.clip_grad_norm / (grad_norm + 1e-6))
+        torch._foreach_mul_(grads, factor)
+        return grad_norm
 
     def _grads_averaged(self) -> bool:
         from steelforge.train.distributed import uses_fsdp

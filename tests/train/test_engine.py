@@ -51,6 +51,29 @@ def test_accumulation_normalises_by_global_valid_tokens() -> None:
         torch.testing.assert_close(p2, p1, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])
+def test_step_gradients_equal_mean_loss_with_torch_clipping(max_norm: float) -> None:
+    """Token normalisation folded into clipping == mean loss + `clip_grad_norm_` (clipping on and off)."""
+    batches = list(itertools.islice(patterned_batches(micro=4, ignore_frac=0.3, seed=5), 3))
+    trainer = _trainer(3, iter(batches), clip_grad_norm=max_norm)
+    seen: list[list[torch.Tensor]] = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda *_: seen.append([p.grad.clone() for p in trainer.model.parameters()])
+    )
+    reference = tiny_qwen2(seed=1)
+    loss_fn = causal_lm_loss()
+    for batch in batches:
+        reference.load_state_dict(trainer.model.state_dict())
+        reference.zero_grad(set_to_none=True)
+        out = loss_fn(reference, batch)
+        (out.loss_sum / out.num_tokens).backward()
+        norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
+        stats = trainer.train_step()
+        assert stats["grad_norm"] == pytest.approx(float(norm), rel=1e-5)
+        for (name, p), got in zip(reference.named_parameters(), seen[-1], strict=True):
+            torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-8, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def _inject_nan(bad_steps: set[int] | None = None, from_step: int | None = None):
     """A loss whose gradients are NaN on the chosen optimizer steps (counted by micro-batch calls)."""
     base = causal_lm_loss()
