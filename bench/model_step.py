@@ -2,15 +2,19 @@
 
 Forward + backward + AdamW step tokens/s for Steel (dense and Soft-MoE) and Moxin-style models, the same
 dimensions on HF's Qwen2/Mistral classes in the same run (ratio), and achieved FLOP/s (analytic matmul FLOPs,
-`steelforge.models.flops`) as a fraction of a 2048^3 fp32 GEMM measured in the same run.
+`steelforge.models.flops`) as a fraction of a 2048^3 fp32 GEMM measured in the same run. The models of a
+row step in turn with the order flipped every round; the `control-qwen2` row times two identical Qwen2 models,
+so its ratio spread shows how much of any other row's difference is the machine's noise.
 
     python bench/model_step.py            # full: seq 512, batch 4
     python bench/model_step.py --quick    # a smoke run in well under a minute
+    python bench/model_step.py --threads 1 --cases control-qwen2 steel-dense-40M moxin-style --rounds 8
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -67,20 +71,35 @@ def make_step(model: torch.nn.Module, batch: int, seq: int):
     return step
 
 
-def best_tokens_per_second(models: list[torch.nn.Module], batch: int, seq: int, rounds: int) -> list[float]:
-    """Interleave the models' steps round by round and keep each one's fastest step (the machine is shared)."""
+def interleaved_rates(
+    models: list[torch.nn.Module], batch: int, seq: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Each model's best tokens/s and the per-round ratios of the first model to the second.
+
+    The models step in turn, round by round, with the order flipped every round, so a load change on a
+    shared machine or the cost of going first hits both alike; the median of the per-round ratios is the
+    robust comparison, the best step of each the one least disturbed by neighbours.
+    """
     steps = [make_step(model, batch, seq) for model in models]
     best = [float("inf")] * len(models)
-    for _ in range(rounds):
-        for i, step in enumerate(steps):
+    ratios = []
+    for r in range(rounds):
+        seconds = [0.0] * len(models)
+        order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
+        for i in order:
             start = time.perf_counter()
-            step()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return [batch * seq / seconds for seconds in best]
+            steps[i]()
+            seconds[i] = time.perf_counter() - start
+            best[i] = min(best[i], seconds[i])
+        ratios.append(seconds[1] / seconds[0])
+    return [batch * seq / s for s in best], ratios
 
 
-def cases(quick: bool) -> list[tuple[str, object, object]]:
-    """(name, our model, HF reference model with the same dimensions or None)."""
+CASES = ("control-qwen2", "steel-dense-40M", "moxin-style", "steel-moe-causal", "steel-moe-token", "steel-moe-sequence")
+
+
+def cases(quick: bool, names: list[str]) -> list[tuple[str, object, object]]:
+    """(name, our model, HF reference model) for the chosen case names."""
     torch.manual_seed(0)
     rows = [
         (
@@ -99,9 +118,13 @@ def cases(quick: bool) -> list[tuple[str, object, object]]:
             MistralForCausalLM(MistralConfig(**MOXIN, attn_implementation="sdpa")),
         ),
     ]
-    if quick:
-        rows = rows[:1]
-    modes = ["causal"] if quick else ["causal", "token", "sequence"]
+    if "control-qwen2" in names:
+        # A/A control: two identical HF models. Its ratio spread is the noise band of this run, the yardstick
+        # for the other rows (dense Steel reuses Qwen2's modules and the Moxin preset *is* MistralForCausalLM).
+        twin = Qwen2ForCausalLM(Qwen2Config(**DENSE, attn_implementation="sdpa"))
+        rows.insert(0, ("control-qwen2", twin, Qwen2ForCausalLM(Qwen2Config(**DENSE, attn_implementation="sdpa"))))
+    rows = [row for row in rows if row[0] in names]
+    modes = [name.removeprefix("steel-moe-") for name in names if name.startswith("steel-moe-")]
     reference = Qwen2ForCausalLM(
         Qwen2Config(**{**SOFTMOE, "intermediate_size": 2048}, attn_implementation="sdpa")
     )
@@ -118,21 +141,24 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default 512)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 4)")
     parser.add_argument(
-        "--rounds", type=int, default=None, help="timed steps per model, best kept (default 3)"
+        "--rounds", type=int, default=None, help="timed steps per model, interleaved (default 5)"
     )
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=None, help="subset of the cases (default all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seq = args.seq or (128 if args.quick else 512)
     batch = args.batch or (1 if args.quick else 4)
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 5)
+    names = args.cases or (["steel-dense-40M", "steel-moe-causal"] if args.quick else list(CASES))
 
     peak_before = gemm_flops_per_second()
     measured = []
-    for name, ours, reference in cases(args.quick):
+    for name, ours, reference in cases(args.quick, names):
         flops = flops_per_token(ours.config, seq)
-        ours_tps, ref_tps = best_tokens_per_second([ours, reference], batch, seq, rounds)
+        (ours_tps, ref_tps), ratios = interleaved_rates([ours, reference], batch, seq, rounds)
         ref_name = type(reference).__name__.removesuffix("ForCausalLM")
-        measured.append((name, ours_tps, ref_name, ref_tps, ours_tps / ref_tps, ours_tps * flops))
+        spread = f"{statistics.median(ratios):.3f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+        measured.append((name, ours_tps, ref_name, ref_tps, ours_tps / ref_tps, spread, ours_tps * flops))
     peak_after = gemm_flops_per_second()
     # the best GEMM figure of the run: on a shared machine the lower one only measures the neighbours' load
     peak = max(peak_before, peak_after)
@@ -140,7 +166,7 @@ def main() -> None:
     print_table(
         f"train step seq {seq} batch {batch}, {args.threads} threads; "
         f"GEMM {peak_before / 1e9:.0f} GFLOP/s before, {peak_after / 1e9:.0f} after",
-        ["model", "tok/s", "HF ref", "tok/s", "ratio", "of GEMM peak"],
+        ["model", "tok/s", "HF ref", "tok/s", "ratio (best)", "ratio per round: median [range]", "of GEMM peak"],
         rows,
     )
 
