@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from steelforge.models.steel.modeling_steel import PREFIX_BLOCK
+
 
 def _head_dim(config: PretrainedConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -43,8 +45,12 @@ def _ffn_forward_flops(config: PretrainedConfig, seq_len: int) -> float:
     if mode == "token":
         # each expert once per token, then the per-expert weighted sum
         return router + 2.0 * n * expert + 2.0 * n * d
-    # causal: prefix mixing is a running sum (no matmul); experts on every slot of every position; combine
-    return router + 2.0 * slots * expert + 2.0 * slots * d
+    # causal: prefix mixing in blocks of c positions (a block-total matvec and a c x c triangular matmul per
+    # slot, padding included, as `_prefix_mixtures` runs them); experts on every slot of every position; combine
+    c = min(PREFIX_BLOCK, seq_len)
+    padded = -(-seq_len // c) * c
+    prefix = 2.0 * slots * d * (1 + c) * padded / seq_len
+    return router + prefix + 2.0 * slots * expert + 2.0 * slots * d
 
 
 def flops_per_token(config: PretrainedConfig, seq_len: int, training: bool = True) -> float:

@@ -165,20 +165,68 @@ class SteelSoftMoE(nn.Module):
         weights = torch.exp(flat - self.scale.detach().abs().float())
         if token_mask is not None:
             weights = weights * token_mask.to(weights.dtype).unsqueeze(-1)
-        numer = torch.cumsum(weights.unsqueeze(-1) * x.float().unsqueeze(2), dim=1)  # [b, t, s, d]
-        denom = torch.cumsum(weights, dim=1)  # [b, t, s]
         states = softmoe_states(past_key_values)
+        prev = states.get(self.layer_idx) if states is not None else None
+        slot_inputs, last = _prefix_mixtures(weights, x, prev)  # [s, b, t, d]
         if states is not None:
-            if self.layer_idx in states:
-                prev_numer, prev_denom = states[self.layer_idx]
-                numer = numer + prev_numer.unsqueeze(1)
-                denom = denom + prev_denom.unsqueeze(1)
-            states[self.layer_idx] = (numer[:, -1].detach(), denom[:, -1].detach())
-        slot_inputs = (numer / denom.clamp_min(1e-30).unsqueeze(-1)).to(x.dtype)
-        slot_inputs = slot_inputs.view(batch, seq, n, p, self.dim)
-        outs = torch.stack([expert(slot_inputs[:, :, i]) for i, expert in enumerate(self.experts)], dim=2)
+            states[self.layer_idx] = (last[0].detach(), last[1].detach())
+        slot_inputs = slot_inputs.to(x.dtype)
+        # Expert i reads its p slots, a contiguous [p, b, t, d] block: no gather or copy per expert.
+        outs = torch.stack(
+            [expert(slot_inputs[i * p : (i + 1) * p]) for i, expert in enumerate(self.experts)], dim=0
+        )
         combine = torch.softmax(flat, dim=-1).to(x.dtype)  # [b, t, s]
-        return torch.einsum("btsd,bts->btd", outs.reshape(batch, seq, slots, self.dim), combine)
+        return torch.einsum("sbtd,bts->btd", outs.reshape(slots, batch, seq, self.dim), combine)
+
+
+PREFIX_BLOCK = 64
+
+
+def _prefix_mixtures(
+    weights: torch.Tensor,
+    x: torch.Tensor,
+    prev: tuple[torch.Tensor, torch.Tensor] | None,
+    block: int = PREFIX_BLOCK,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised prefix mixtures sum_{u<=t} w[u,s] x[u] / sum_{u<=t} w[u,s], blockwise, in fp32.
+
+    weights [b, t, s] (non-negative), x [b, t, d]; `prev` is the (numerator [b, s, d], denominator [b, s])
+    carried from earlier calls. Returns the mixtures as [s, b, t, d] and the new running sums.
+    Within a block of `block` positions the mixture is one lower-triangular matmul; across blocks only the
+    block totals are cumulated. That is a few GEMMs instead of materialising w[u,s] * x[u] and its running
+    sum over [b, t, s, d], and a position still reads nothing after itself (the triangle is exact zeros).
+    """
+    batch, seq, slots = weights.shape
+    dim = x.shape[-1]
+    with torch.autocast(x.device.type, enabled=False):
+        xf = x.float()
+        c = min(block, seq)
+        pad = -seq % c
+        if pad:  # zero weight and zero input: the padding adds nothing to any sum
+            weights = F.pad(weights, (0, 0, 0, pad))
+            xf = F.pad(xf, (0, 0, 0, pad))
+        nb = (seq + pad) // c
+        w = weights.view(batch, nb, c, slots).permute(3, 0, 1, 2)  # [s, b, nb, c]
+        xb = xf.view(batch, nb, c, dim)  # [b, nb, c, d]
+        denom_in = torch.cumsum(w, dim=-1)  # running sum inside each block
+        block_numer = torch.matmul(w.unsqueeze(-2), xb).squeeze(-2)  # [s, b, nb, d]
+        block_denom = denom_in[..., -1]  # [s, b, nb]
+        # sums of the blocks before (shifted, not inclusive minus own: that would let a block's own tokens
+        # perturb its carry by rounding)
+        carry_numer = F.pad(torch.cumsum(block_numer[:, :, :-1], dim=2), (0, 0, 1, 0))
+        carry_denom = F.pad(torch.cumsum(block_denom[:, :, :-1], dim=2), (1, 0))
+        if prev is not None:
+            carry_numer = carry_numer + prev[0].float().transpose(0, 1).unsqueeze(2)
+            carry_denom = carry_denom + prev[1].float().transpose(0, 1).unsqueeze(2)
+        inv = (denom_in + carry_denom.unsqueeze(-1)).clamp_min(1e-30).reciprocal()  # [s, b, nb, c]
+        tri = torch.ones(c, c, dtype=torch.bool, device=x.device).tril()
+        mix = torch.where(tri, w.unsqueeze(-2) * inv.unsqueeze(-1), 0.0)  # [s, b, nb, c(t), c(u)]
+        out = torch.matmul(mix, xb)  # [s, b, nb, c, d]
+        out = torch.addcmul(out, inv.unsqueeze(-1), carry_numer.unsqueeze(-2))
+        out = out.reshape(slots, batch, nb * c, dim)[:, :, :seq]
+        last_numer = (carry_numer[:, :, -1] + block_numer[:, :, -1]).transpose(0, 1)  # [b, s, d]
+        last_denom = (carry_denom[:, :, -1] + block_denom[:, :, -1]).transpose(0, 1)  # [b, s]
+    return out, (last_numer, last_denom)
 
 
 class SteelDecoderLayer(GradientCheckpointingLayer):
