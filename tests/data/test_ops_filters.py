@@ -228,3 +228,42 @@ def test_hashed_word_repetition_equals_the_definition(words: list[str], n: int) 
     assert word_ngram_repetition(words, n) == _word_ngram_repetition_reference(words, n)
     longer = [*words, *(f"w{i}" for i in range(100)), *words]  # always past the plain-Counter size
     assert word_ngram_repetition(longer, n) == _word_ngram_repetition_reference(longer, n)
+
+
+def _counted_patterns() -> list:
+    from steelforge.data.ops import _text, filters_chars, mappers_normalize
+
+    return [
+        filters_chars._ALNUM,
+        filters_chars._ALPHA,
+        filters_chars._HAN,
+        filters_chars._DJ_SPECIAL,
+        filters_chars._AWARE_SPECIAL,
+        mappers_normalize._HAN,
+        mappers_normalize._KANA,
+        _text._LETTER_RUN,
+        _text._HAN_RUN,
+    ]
+
+
+def test_count_matches_equals_its_definition_on_every_codepoint() -> None:
+    from steelforge.data.ops._text import count_matches, count_matches_reference
+
+    every = "".join(chr(c) for c in range(0x110000))  # surrogates included
+    for pattern in _counted_patterns():
+        for start in range(0, len(every), 1 << 16):
+            chunk = every[start : start + (1 << 16)]
+            assert count_matches(pattern, chunk) == count_matches_reference(pattern, chunk), pattern.pattern
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("ab_1 \n\t中文あア한。，!?😀\u3000\x00\x85\ue000\ud800")), max_size=60
+    )
+)
+def test_count_matches_equals_its_definition(text: str) -> None:
+    from steelforge.data.ops._text import count_matches, count_matches_reference
+
+    for pattern in _counted_patterns():
+        assert count_matches(pattern, text) == count_matches_reference(pattern, text)

@@ -1,15 +1,17 @@
 """Text helpers shared by the cleaning operators: script detection, Chinese words, fast counting.
 
 Everything here is cheap per document: regexes are compiled once, the word segmenter is loaded once per process
-(lazily and without its start-up chatter), and counting uses `re.sub`/`str.translate` rather than Python
-loops over characters.
+(lazily and without its start-up chatter), and characters are counted with per-code-point tables and numpy
+rather than Python loops over characters.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import rjieba
 
 from steelforge.data.ops.base import SEMANTICS
@@ -26,9 +28,39 @@ ZH_HAN_SHARE = 0.3
 """A document counts as Chinese when at least this share of its letters are Han characters."""
 
 
-def count_matches(pattern: re.Pattern[str], text: str) -> int:
-    """How many characters of `text` the single-character-class `pattern` matches (C speed, no list)."""
+def count_matches(pattern: Any, text: str) -> int:
+    """How many characters of `text` the single-character-class `pattern` (`re` or `regex`) matches.
+
+    Counted with numpy: the text's code points index a table of the class (`char_table`), several
+    times faster than a regex pass over the text.
+    """
+    return int(np.count_nonzero(char_table(pattern)[code_points(text)]))
+
+
+def count_matches_reference(pattern: Any, text: str) -> int:
+    """The definition of `count_matches`: the characters a substitution removes (kept for the tests)."""
     return len(text) - len(pattern.sub("", text))
+
+
+def code_points(text: str) -> np.ndarray:
+    """The code points of `text` as a uint32 array (lone surrogates included)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+_CHAR_TABLES: dict[Any, np.ndarray] = {}
+
+
+def char_table(pattern: Any) -> np.ndarray:
+    """For every code point, whether the single-character-class `pattern` matches it (built once per
+    pattern and process from the pattern itself, run over a string of every code point)."""
+    table = _CHAR_TABLES.get(pattern)
+    if table is None:
+        every = np.arange(0x110000, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
+        table = np.zeros(0x110000, dtype=bool)
+        for match in pattern.finditer(every):
+            table[match.start() : match.end()] = True
+        _CHAR_TABLES[pattern] = table
+    return table
 
 
 def han_share(text: str) -> float:
@@ -38,10 +70,11 @@ def han_share(text: str) -> float:
     a Chinese article with English terms scores about 0.9, English or code with Chinese comments far
     below 0.3.
     """
-    letters = len(text) - len(_LETTER_RUN.sub("", text))
+    points = code_points(text)
+    letters = int(np.count_nonzero(char_table(_LETTER_RUN)[points]))
     if not letters:
         return 0.0
-    return (len(text) - len(_HAN_RUN.sub("", text))) / letters
+    return int(np.count_nonzero(char_table(_HAN_RUN)[points])) / letters
 
 
 def is_chinese(text: str) -> bool:
