@@ -380,3 +380,43 @@ def test_remove_repeat_sentences_whole_document_equals_line_by_line_on_steel_sam
         assert out == op.map_lines(text)  # type: ignore[attr-defined]
         changed += out != text
     assert changed  # the samples do repeat sentences
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([*"0129.:@aAfFgx中 -_+%", "255.", "10.0.0.", "fe80:", "::", "a@b.cn", "١"]),
+        max_size=24,
+    ).map("".join),
+    st.sampled_from(["data_juicer", "language_aware"]),
+    st.sampled_from(["clean_ip_mapper", "clean_email_mapper"]),
+)
+def test_pattern_screens_change_nothing(text: str, semantics: str, name: str) -> None:
+    op = build_op(name, semantics=semantics)
+    assert op.map_text(text) == op.regex.sub("", text)
+
+
+_LINK_TOKENS = [*"htpw:/.a-z(x)中 <>`!,;'\"1%Kſ", "http://", "www.", "a.cn/", "(a)", "((b))"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_LINK_TOKENS), max_size=12).map(lambda tokens: "".join(tokens)[:26]))
+def test_data_juicer_link_pattern_matches_like_the_original(text: str) -> None:
+    """Short texts only: the original pattern backtracks exponentially on longer ones."""
+    import re
+
+    from steelforge.data.ops.mappers_patterns import _DJ_LINK, _DJ_LINK_ORIGINAL
+
+    fast, original = re.compile(_DJ_LINK, re.DOTALL), re.compile(_DJ_LINK_ORIGINAL, re.DOTALL)
+    assert [(m.span(), m[1]) for m in fast.finditer(text)] == [
+        (m.span(), m[1]) for m in original.finditer(text)
+    ]
+
+
+def test_data_juicer_link_pattern_is_fast_where_the_original_backtracks() -> None:
+    import time
+
+    text = "wh:http://w(中xhttp://./http://a.cn/a.cn/xW :z" * 20  # the original needs minutes for one copy
+    start = time.perf_counter()
+    dj("clean_links_mapper").map_text(text)
+    assert time.perf_counter() - start < 1.0
