@@ -121,10 +121,11 @@ def word_ngram_repetition(words: list[str], n: int) -> float:
     for k in range(1, n):
         grams += ids[k : k + count] * _power(k)
     ordered = np.sort(grams)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]  # sorted, each repeated hash at least once
     if not len(repeated):
         return 0.0
-    return _repetition_of(words, np.flatnonzero(np.isin(grams, repeated)).tolist(), n, count)
+    found = repeated[np.minimum(np.searchsorted(repeated, grams), len(repeated) - 1)] == grams
+    return _repetition_of(words, np.flatnonzero(found).tolist(), n, count)
 
 
 _SMALL = 64  # below this many n-grams a plain Counter is faster than numpy
