@@ -231,7 +231,7 @@ def test_hashed_word_repetition_equals_the_definition(words: list[str], n: int) 
 
 
 def _counted_patterns() -> list:
-    from steelforge.data.ops import _text, filters_chars, mappers_normalize
+    from steelforge.data.ops import _text, filters_chars, mappers_normalize, mappers_sentences
 
     return [
         filters_chars._ALNUM,
@@ -243,17 +243,20 @@ def _counted_patterns() -> list:
         mappers_normalize._KANA,
         _text._LETTER_RUN,
         _text._HAN_RUN,
+        mappers_sentences._AWARE_SPECIAL,
+        mappers_sentences._DJ_SPECIAL,
     ]
 
 
-def test_count_matches_equals_its_definition_on_every_codepoint() -> None:
-    from steelforge.data.ops._text import count_matches, count_matches_reference
+def test_count_and_delete_matches_equal_their_definition_on_every_codepoint() -> None:
+    from steelforge.data.ops._text import count_matches, count_matches_reference, delete_matches
 
     every = "".join(chr(c) for c in range(0x110000))  # surrogates included
     for pattern in _counted_patterns():
         for start in range(0, len(every), 1 << 16):
             chunk = every[start : start + (1 << 16)]
             assert count_matches(pattern, chunk) == count_matches_reference(pattern, chunk), pattern.pattern
+            assert delete_matches(pattern, chunk) == pattern.sub("", chunk), pattern.pattern
 
 
 @settings(max_examples=200, deadline=None)
@@ -262,8 +265,9 @@ def test_count_matches_equals_its_definition_on_every_codepoint() -> None:
         alphabet=st.sampled_from(list("ab_1 \n\t中文あア한。，!?😀\u3000\x00\x85\ue000\ud800")), max_size=60
     )
 )
-def test_count_matches_equals_its_definition(text: str) -> None:
-    from steelforge.data.ops._text import count_matches, count_matches_reference
+def test_count_and_delete_matches_equal_their_definition(text: str) -> None:
+    from steelforge.data.ops._text import count_matches, count_matches_reference, delete_matches
 
     for pattern in _counted_patterns():
         assert count_matches(pattern, text) == count_matches_reference(pattern, text)
+        assert delete_matches(pattern, text) == pattern.sub("", text)

@@ -179,6 +179,11 @@ def _char_classes() -> np.ndarray:
     return classes
 
 
+def warm_token_tables() -> None:
+    """Build `mixed_token_hashes`' class table now: workers forked from the pipeline inherit it."""
+    _char_classes()
+
+
 _CHAR_HASHES = np.zeros(0x110000, dtype=np.uint64)  # `token_hash(chr(c))`, filled on first use; 0 = not yet
 
 

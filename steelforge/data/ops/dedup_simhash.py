@@ -29,6 +29,7 @@ from steelforge.data.ops.dedup_common import (
     shingles,
     tokens_for,
     union_equal_keys,
+    warm_token_tables,
 )
 
 _BIT_VALUES = np.uint64(1) << np.arange(64, dtype=np.uint64)
@@ -87,6 +88,8 @@ class DocumentSimhashDeduplicator(Deduplicator):
         self.ignore_pattern = regex.compile(ignore_pattern) if ignore_pattern else None
         self.num_blocks = num_blocks
         self.hamming_distance = hamming_distance
+        if self.language_aware:
+            warm_token_tables()
 
     @property
     def language_aware(self) -> bool:

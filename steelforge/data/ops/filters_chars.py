@@ -11,7 +11,7 @@ import regex
 
 from steelforge.data.ops._bounded import BoundedFilter
 from steelforge.data.ops._dj_tables import DJ_EMOJI_RANGES, DJ_SPECIAL_RANGES, char_class
-from steelforge.data.ops._text import HAN_CLASS, count_matches
+from steelforge.data.ops._text import HAN_CLASS, char_table, count_matches
 from steelforge.data.ops.base import Semantics, register_op
 
 _ALNUM = re.compile(r"[^\W_]+")  # exactly str.isalnum(): CPython's \w is isalnum() plus "_"
@@ -60,6 +60,8 @@ class AlphanumericFilter(BoundedFilter):
         super().__init__(min_ratio, max_ratio, semantics)
         self.tokenization = tokenization
         self.stat_key = "alpha_token_ratio" if tokenization else "alnum_ratio"  # type: ignore[misc]
+        for pattern in (_ALPHA,) if tokenization else (_ALNUM, _HAN):
+            char_table(pattern)
 
     def measure_dj(self, text: str) -> float:
         if self.tokenization:
@@ -94,6 +96,7 @@ class SpecialCharactersFilter(BoundedFilter):
         self, min_ratio: float = 0.0, max_ratio: float = 0.25, semantics: Semantics = "language_aware"
     ) -> None:
         super().__init__(min_ratio, max_ratio, semantics)
+        char_table(_DJ_SPECIAL if self.dj else _AWARE_SPECIAL)
 
     def measure_dj(self, text: str) -> float:
         return count_matches(_DJ_SPECIAL, text) / len(text) if text else 0.0

@@ -12,10 +12,12 @@ from steelforge.data.ops._opencc_legacy import legacy_t2s_config
 from steelforge.data.ops._text import (
     HAN_CLASS,
     KANA_CLASS,
+    char_table,
     check_semantics,
     count_matches,
     is_chinese,
     sparse_translator,
+    warm_script_tables,
 )
 from steelforge.data.ops.base import Mapper, Semantics, register_op
 
@@ -261,6 +263,8 @@ class PunctuationNormalizationMapper(Mapper):
         fixed = {**DJ_PUNCTUATION_MAP, "\uff11": "1"}
         self._other = sparse_translator(str.maketrans(fixed))
         self._zh = sparse_translator(str.maketrans({k: v for k, v in fixed.items() if k not in _ZH_KEEP}))
+        if self.semantics == "language_aware":
+            warm_script_tables()
 
     def map_text(self, text: str) -> str:
         if self.semantics == "data_juicer":
@@ -361,6 +365,9 @@ class ChineseConvertMapper(Mapper):
         self.mode = mode
         self._legacy = semantics == "data_juicer"
         opencc_converter(mode, self._legacy)
+        if not self._legacy:
+            char_table(_HAN)
+            char_table(_KANA)
 
     def map_text(self, text: str) -> str:
         if self.semantics == "language_aware":

@@ -6,7 +6,7 @@ import re
 
 import regex
 
-from steelforge.data.ops._text import check_semantics
+from steelforge.data.ops._text import char_table, check_semantics, delete_matches
 from steelforge.data.ops.base import Mapper, Semantics, register_op
 
 # Data-Juicer's splitter: a break after . 。 ! ！ ？ ? "......" or "……" unless a closing quote follows,
@@ -30,7 +30,6 @@ _AWARE_BOUNDARY = re.compile(
 )
 _AWARE_TERMINATED = re.compile(r"(?:[。！？.!?]|…{2})[\"'”’」』）)\]】》]*\s*$")
 _AWARE_SPECIAL = re.compile(r"[^\w\s]|_")
-_AWARE_SYMBOL = re.compile(r"[^\w\s]")  # `_AWARE_SPECIAL` without "_" (one class: faster)
 
 
 # Every splitter above needs one of these characters (the fourth one a closing quote), so a line
@@ -93,6 +92,8 @@ class RemoveRepeatSentencesMapper(Mapper):
         self.min_repeat_sentence_length = min_repeat_sentence_length
         special = _DJ_SPECIAL if semantics == "data_juicer" else _AWARE_SPECIAL
         self._special = special if ignore_special_character else None
+        if self._special is not None:
+            char_table(self._special)
 
     def _key(self, sentence: str) -> str:
         key = sentence.strip()
@@ -142,10 +143,8 @@ class RemoveRepeatSentencesMapper(Mapper):
         joined = "\n".join([piece.strip() for piece in pieces])
         if self.lowercase:
             joined = joined.lower()
-        if self._special is _AWARE_SPECIAL:
-            joined = _AWARE_SYMBOL.sub("", joined).replace("_", "")
-        elif self._special is not None:
-            joined = self._special.sub("", joined)
+        if self._special is not None:
+            joined = delete_matches(self._special, joined)
         return joined.split("\n")
 
     def map_lines(self, text: str) -> str:
