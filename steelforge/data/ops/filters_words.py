@@ -48,8 +48,11 @@ def aware_words(text: str, lowercase: bool = False) -> list[str]:
     if not words:
         return []
     # One `lower` over the words joined by "\n" equals lowering each word: "\n" is neither cased nor
-    # case-ignorable (so final-sigma context stops there) and no lowercase mapping produces it.
-    return "\n".join(words).lower().split("\n")
+    # case-ignorable (so final-sigma context stops there) and no lowercase mapping produces it. Text
+    # that lowering leaves alone (most Chinese) keeps its word objects instead of splitting new ones.
+    joined = "\n".join(words)
+    lowered = joined.lower()
+    return list(words) if lowered == joined else lowered.split("\n")
 
 
 @lru_cache(maxsize=1024)
