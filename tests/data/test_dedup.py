@@ -225,3 +225,8 @@ def test_language_aware_simhash_equals_its_token_definition(steel_samples_dir: P
     for text in _steel_texts(steel_samples_dir)[:300]:
         hashes = shingle_hashes(mixed_tokens(text.lower()), op.window_size)
         assert op.signature(text) == (simhash(hashes) if len(hashes) else None)
+
+
+def test_shingle_hashes_with_a_window_longer_than_64_tokens() -> None:
+    tokens = [f"w{i % 7}" for i in range(150)]
+    assert np.array_equal(shingle_hashes(tokens, 70), _shingle_hashes_reference(tokens, 70))

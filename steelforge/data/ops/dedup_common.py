@@ -156,11 +156,14 @@ def gram_hashes(ids: np.ndarray, window: int) -> np.ndarray:
     count = n - window + 1
     grams = ids[:count].copy()
     for k in range(1, window):
-        grams += ids[k : k + count] * _POWERS[k]
+        grams += ids[k : k + count] * _power(k)
     return _distinct(_mix64(grams))
 
 
-_POWERS = [np.uint64(pow(int(_POLY), k, 1 << 64)) for k in range(64)]
+@cache
+def _power(k: int) -> np.uint64:
+    """`_POLY ** k` modulo 2**64 (the weight of the k-th token of an n-gram)."""
+    return np.uint64(pow(int(_POLY), k, 1 << 64))
 
 
 @cache
