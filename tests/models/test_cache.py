@@ -6,6 +6,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from steelforge.models.steel.modeling_steel import CACHE_KW  # the installed transformers' name for the cache
+
 SEQ = 20
 
 
@@ -13,12 +15,12 @@ def _incremental_logits(model, ids: torch.Tensor, prefill: int, cache) -> tuple[
     """Prefill `prefill` tokens, then feed one token per call; returns logits and the max cached length seen."""
     pieces, cached = [], []
     with torch.no_grad():
-        out = model(ids[:, :prefill], past_key_values=cache, use_cache=True)
+        out = model(ids[:, :prefill], use_cache=True, **{CACHE_KW: cache})
         pieces.append(out.logits)
         for t in range(prefill, ids.shape[1]):
-            out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, t : t + 1], use_cache=True, **{CACHE_KW: out[CACHE_KW]})
             pieces.append(out.logits)
-            cached.append(max(layer.keys.shape[-2] for layer in out.past_key_values.layers))
+            cached.append(max(layer.keys.shape[-2] for layer in out[CACHE_KW].layers))
     return torch.cat(pieces, dim=1), cached
 
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steelforge.models.steel.modeling_steel import _prefix_mixtures
+from steelforge.models.steel.modeling_steel import CACHE_KW, _prefix_mixtures
 
 
 def _running_sums(weights, x, prev):
@@ -71,6 +71,6 @@ def test_cached_decoding_across_block_borders_equals_full_forward(make_model) ->
         out = model(ids[:, :66], use_cache=True)
         pieces = [out.logits]
         for t in range(66, 140, 37):  # chunks of 37 tokens: every chunk straddles a 64-position border
-            out = model(ids[:, t : t + 37], past_key_values=out.past_key_values, use_cache=True)
+            out = model(ids[:, t : t + 37], use_cache=True, **{CACHE_KW: out[CACHE_KW]})
             pieces.append(out.logits)
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)

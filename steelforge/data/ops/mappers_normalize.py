@@ -218,18 +218,28 @@ def _badness_hints() -> tuple[re.Pattern[str], int] | None:
     return re.compile("[" + "".join(re.escape(c) for c in sorted(anchors)) + "]"), width
 
 
+@cache
+def _badness_lines() -> re.Pattern[str]:
+    """ftfy's mojibake regex with `^` matching at every line start, as it does on each line ftfy fixes."""
+    from ftfy.badness import BADNESS_RE
+
+    return re.compile(BADNESS_RE.pattern, BADNESS_RE.flags | re.MULTILINE)
+
+
 def is_bad_fast(text: str) -> bool:
-    """`ftfy.badness.is_bad(text)`, running its large regex only in windows around anchor characters.
+    """Whether ftfy's mojibake regex matches `text` with `^` at every line start: true when some line is
+    `ftfy.badness.is_bad` (and possibly when a match spans a line break, which only sends the caller
+    down ftfy's line-by-line path). Runs the large regex only in windows around anchor characters.
 
-    The full regex costs ~0.3 µs per character on CJK text; most documents hold no anchor at all.
+    ftfy judges each line on its own, and one alternative (`^[ÃÂ][ ]`) is anchored at the line start, so
+    a plain search of the whole text would miss "Ã " at the start of a second line. The full regex costs
+    ~0.3 µs per character on CJK text; most documents hold no anchor at all.
     """
-    from ftfy.badness import BADNESS_RE, is_bad
-
+    search = _badness_lines().search
     hints = _badness_hints()
     if hints is None:
-        return is_bad(text)
+        return search(text) is not None
     anchor, width = hints
-    search = BADNESS_RE.search
     start: int | None = None
     end = 0
     for match in anchor.finditer(text):

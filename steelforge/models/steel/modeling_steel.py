@@ -17,6 +17,7 @@ Soft-MoE (Puigcerver et al., 2023, "From Sparse to Soft Mixtures of Experts") di
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -33,6 +34,17 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2RMSNorm, Qwen2RotaryEmbedding
 
 from .configuration_steel import SteelConfig
+
+# transformers 5.24 renamed the cache argument (and output field) `past_key_values` to `cache`; this file speaks
+# whichever the installed version uses, so that an exported checkpoint loads beside either.
+CACHE_KW = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache a caller passed under either name."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the cache once, as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
 
 
 class SteelRMSNorm(Qwen2RMSNorm):
@@ -119,7 +131,7 @@ class SteelSoftMoE(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
@@ -129,7 +141,7 @@ class SteelSoftMoE(nn.Module):
             return self._sequence(x, logits)
         if self.dispatch == "token":
             return self._token(x, logits)
-        return self._causal(x, logits, past_key_values, token_mask)
+        return self._causal(x, logits, cache, token_mask)
 
     def _sequence(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Released Steel-LLM behaviour: dispatch softmax over the tokens of this call, combine over all slots."""
@@ -150,7 +162,7 @@ class SteelSoftMoE(nn.Module):
         self,
         x: torch.Tensor,
         logits: torch.Tensor,
-        past_key_values: Cache | None,
+        cache: Cache | None,
         token_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """Slot inputs at position t: softmax over positions <= t, as running sums carried across calls.
@@ -165,7 +177,7 @@ class SteelSoftMoE(nn.Module):
         weights = torch.exp(flat - self.scale.detach().abs().float())
         if token_mask is not None:
             weights = weights * token_mask.to(weights.dtype).unsqueeze(-1)
-        states = softmoe_states(past_key_values)
+        states = softmoe_states(cache)
         prev = states.get(self.layer_idx) if states is not None else None
         slot_inputs, last = _prefix_mixtures(weights, x, prev)  # [s, b, t, d]
         if states is not None:
@@ -247,27 +259,30 @@ class SteelDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         token_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        # (called with the installed transformers' name, which its gradient checkpointing clears)
+        cache = _one_cache(cache, past_key_values)
         residual = hidden_states
         hidden_states, _ = self.self_attn(
             hidden_states=self.input_layernorm(hidden_states),
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             position_embeddings=position_embeddings,
+            **{CACHE_KW: cache},
             **kwargs,
         )
         hidden_states = residual + hidden_states
         residual = hidden_states
         hidden_states = self.post_attention_layernorm(hidden_states)
         if isinstance(self.mlp, SteelSoftMoE):
-            hidden_states = self.mlp(hidden_states, past_key_values=past_key_values, token_mask=token_mask)
+            hidden_states = self.mlp(hidden_states, cache=cache, token_mask=token_mask)
         else:
             hidden_states = self.mlp(hidden_states)
         return residual + hidden_states
@@ -309,7 +324,7 @@ class SteelPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["SteelDecoderLayer"]
-    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
+    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -354,8 +369,10 @@ class SteelModel(SteelPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        cache = _one_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         use_cache = use_cache if use_cache is not None else self.config.use_cache
@@ -367,10 +384,10 @@ class SteelModel(SteelPreTrainedModel):
 
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = SteelCache(config=self.config)
+        if use_cache and cache is None:
+            cache = SteelCache(config=self.config)
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
             position_ids = position_ids.unsqueeze(0)
 
@@ -383,7 +400,7 @@ class SteelModel(SteelPreTrainedModel):
                 "config": self.config,
                 "inputs_embeds": inputs_embeds,
                 "attention_mask": attention_mask,
-                "past_key_values": past_key_values,
+                CACHE_KW: cache,
                 "position_ids": position_ids,
             }
             mask_mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
@@ -400,10 +417,10 @@ class SteelModel(SteelPreTrainedModel):
                 hidden_states,
                 attention_mask=mask_mapping[self.config.layer_types[i]],
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
                 token_mask=token_mask,
+                **{CACHE_KW: cache},
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
@@ -411,8 +428,8 @@ class SteelModel(SteelPreTrainedModel):
             all_hidden_states += (hidden_states,)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden_states or None,
+            **{CACHE_KW: cache if use_cache else None},
         )
 
 
@@ -435,9 +452,9 @@ class SteelForCausalLM(SteelPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """Use `SteelCache` where generate would build a plain DynamicCache (it carries the Soft-MoE sums)."""
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        cache = model_kwargs.get("past_key_values")
+        cache = model_kwargs.get(CACHE_KW)
         if type(cache) is DynamicCache and cache.get_seq_length() == 0:
-            model_kwargs["past_key_values"] = SteelCache(config=self.config.get_text_config(decoder=True))
+            model_kwargs[CACHE_KW] = SteelCache(config=self.config.get_text_config(decoder=True))
 
     def forward(
         self,
@@ -449,15 +466,16 @@ class SteelForCausalLM(SteelPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            cache=_one_cache(cache, past_key_values),
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -471,8 +489,8 @@ class SteelForCausalLM(SteelPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{CACHE_KW: outputs.get(CACHE_KW)},
         )
 
 
