@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # CPU machines take the local CPU wheel of torch; machines with an NVIDIA GPU keep (or get) a CUDA build.
 TORCH_CPU := torch==2.13.0
+# tested versions of everything else (see the file's header)
+CONSTRAINTS := constraints.txt
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: demo test test-fast lint install install-dev clean
+.PHONY: demo test test-fast lint install install-dev lock clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +24,12 @@ else
 endif
 	@touch $@
 
-$(VENV)/.installed: $(VENV)/.torch pyproject.toml
-	$(PIP) install --quiet -e .
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml $(CONSTRAINTS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e .
 	@touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.torch pyproject.toml
-	$(PIP) install --quiet -e ".[dev]"
+$(VENV)/.installed-dev: $(VENV)/.torch pyproject.toml $(CONSTRAINTS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	@touch $@
 
 install: $(VENV)/.installed
@@ -47,6 +49,17 @@ test-fast: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check steelforge tests bench
 	$(VENV)/bin/ruff format --check steelforge tests bench
+
+# newest releases within pyproject.toml's ranges, in a scratch venv; run `make test` after it
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet $(TORCH_CPU)
+	.venv-lock/bin/pip install --quiet -e ".[dev]"
+	{ sed -n '/^#/p' $(CONSTRAINTS); .venv-lock/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-lock
 
 clean:
 	rm -rf runs .pytest_cache
