@@ -64,11 +64,32 @@ def test_fix_unicode_rejects_unknown_normalization() -> None:
         build_op({"fix_unicode_mapper": {"normalization": "NFX"}}, semantics="language_aware")
 
 
+def _some_changeable_chars() -> list[str]:
+    """A fixed sample of the characters ftfy's local steps change (full-width forms, ligatures, controls...)."""
+    import random
+
+    from steelforge.data.ops.mappers_normalize import _changeable_chars
+
+    return [chr(c) for c in random.Random(0).sample(sorted(_changeable_chars()), 60)]
+
+
+def test_fused_steps_cover_every_character_ftfy_changes() -> None:
+    """Every code point outside `_changeable_chars` and the blockers passes each local ftfy step unchanged,
+    so the fused map misses nothing (checked over all of Unicode, one character per line)."""
+    from steelforge.data.ops.mappers_normalize import _BLOCKERS, _LOCAL_FIXERS, _changeable_chars
+
+    skip = _changeable_chars() | set(map(ord, _BLOCKERS)) | {ord("\n")}
+    text = "\n".join(chr(cp) for cp in range(0x110000) if cp not in skip)
+    for name in _LOCAL_FIXERS:
+        assert ftfy.FIXERS[name](text) == text, name
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     st.text(
         alphabet=st.sampled_from(
-            list("ab <&;amp\n\r\t\u00c3\u00a9\uff0c\u201c\u3000\x1b\x85é中ﬁ\x00\ufeff１œ\u2028")
+            list("ab <&;amp\n\r\t\u00c3\u00a9\uff0c\u201c\u3000\x1b\x85é中ﬁ\x00\ufeff１œ\u2028\ud800\uff06[m3")
+            + _some_changeable_chars()
         )
     ),
     st.booleans(),

@@ -130,21 +130,26 @@ def strip_r_quotes(pattern: str | None) -> str | None:
 
 
 class SparseTranslator:
-    """`str.translate(table)` as a regex substitution: same result, but only the characters that change
-    go through Python, several times faster on CJK text where `translate` looks up every character.
-    A class rather than a closure so that operators holding one can be pickled for worker processes."""
+    """`str.translate(table)` by a regex split on the characters that change: same result, but only those
+    characters go through Python, several times faster on CJK text where `translate` looks up every character
+    (and ~1.4x faster than a substitution with a replacement function). A class rather than a closure so
+    that operators holding one can be pickled for worker processes."""
 
     def __init__(self, table: dict[int, str | int | None]) -> None:
         changes = {cp: "" if v is None else chr(v) if isinstance(v, int) else v for cp, v in table.items()}
         self.changes = {cp: v for cp, v in changes.items() if v != chr(cp)}
+        self._by_char = {chr(cp): v for cp, v in self.changes.items()}
         classes = "".join(f"\\U{cp:08X}" for cp in sorted(self.changes))
-        self.pattern = re.compile(f"[{classes}]") if self.changes else None
-
-    def _replace(self, match: re.Match[str]) -> str:
-        return self.changes[ord(match.group())]
+        self.pattern = re.compile(f"([{classes}])") if self.changes else None
 
     def __call__(self, text: str) -> str:
-        return self.pattern.sub(self._replace, text) if self.pattern is not None else text
+        if self.pattern is None:
+            return text
+        parts = self.pattern.split(text)  # text, changed char, text, changed char, ..., text
+        if len(parts) == 1:
+            return text
+        parts[1::2] = map(self._by_char.__getitem__, parts[1::2])
+        return "".join(parts)
 
 
 def sparse_translator(table: dict[int, str | int | None]) -> Callable[[str], str]:

@@ -7,6 +7,8 @@ import threading
 from functools import cache
 from typing import Any
 
+import numpy as np
+
 from steelforge.data.ops._dj_tables import DJ_PUNCTUATION_MAP, DJ_WHITESPACE_RANGES
 from steelforge.data.ops._opencc_legacy import legacy_t2s_config
 from steelforge.data.ops._text import (
@@ -83,17 +85,27 @@ def fix_text_fast(text: str, config: Any) -> str:
     ftfy fixes a text line by line, each line through all its steps until nothing changes, and with
     `unescape_html="auto"` stops unescaping once a line contains "<". Every step except the mojibake
     repair is local to a few characters that never span a newline, and the repair only acts on text its
-    badness regex flags (any match inside a line is a match in the whole text). So a text without "<"
-    whose whole is never flagged is fixed in one pass over the whole text (`_fix_whole`); otherwise lines
-    are fixed one by one as ftfy does, copying lines of plain printable ASCII, which no step changes.
+    badness regex flags (`is_bad_fast`). So a text whose whole is never flagged is fixed in one pass over the
+    whole text (`_fix_whole`), the lines before the first line holding "<" and the lines from it on apart
+    (HTML unescaping on, then off); otherwise lines are fixed one by one as ftfy does, copying lines of
+    plain printable ASCII, which no step changes.
     """
-    import ftfy
-
     if "&" not in text and _PLAIN_ASCII_TEXT.fullmatch(text):
         return text
+    if config.unescape_html == "auto" and "<" in text and len(text) <= config.max_decode_length:
+        start = text.rfind("\n", 0, text.index("<")) + 1  # the start of the first line holding "<"
+        head = fix_text_fast(text[:start], config) if start else ""
+        return head + fix_text_fast(text[start:], config._replace(unescape_html=False))
     whole = _fix_whole(text, config)
     if whole is not None:
         return whole
+    return _fix_lines(text, config)
+
+
+def _fix_lines(text: str, config: Any) -> str:
+    """ftfy's own line-by-line loop (`ftfy.fix_text`), copying lines of plain printable ASCII."""
+    import ftfy
+
     out = []
     pos = 0
     limit = config.max_decode_length
@@ -135,24 +147,84 @@ def _sparse_translators() -> dict[str, Any]:
     }
 
 
+# Where ftfy's steps stop acting one character at a time: "&" starts an HTML entity, "\r" pairs with a following
+# "\n", surrogates pair up, ESC starts a terminal escape sequence.
+_BLOCKERS = "&\r\x1b" + "".join(map(chr, range(0xD800, 0xE000)))
+
+
+def _changeable_chars() -> set[int]:
+    """Every code point one of ftfy's character-local steps can change (from ftfy's own tables and classes)."""
+    from ftfy.chardata import (
+        C1_CONTROL_RE,
+        CONTROL_CHARS,
+        DOUBLE_QUOTE_RE,
+        LIGATURES,
+        SINGLE_QUOTE_RE,
+        WIDTH_MAP,
+    )
+
+    chars = set(LIGATURES) | set(WIDTH_MAP) | set(CONTROL_CHARS) | {0x2028, 0x2029, 0x85}
+    for pattern in (C1_CONTROL_RE, SINGLE_QUOTE_RE, DOUBLE_QUOTE_RE):
+        chars.update(int(cp) for cp in np.flatnonzero(char_table(pattern)))
+    return chars
+
+
+@cache
+def _fused_steps(names: tuple[str, ...]) -> tuple[re.Pattern[str], Any]:
+    """ftfy's steps `names` (in order) as one character map, and the class of characters it does not cover.
+
+    On text without `_BLOCKERS` every step acts on each character alone (a translation table, a single
+    character class, or a `str.replace` of one character), so running them in turn equals one map from
+    each character to what the steps make of it alone: one sparse substitution instead of eight passes.
+    The map is built by running ftfy's real steps on each character they can change; a character whose
+    steps produce a blocker joins the blockers.
+    """
+    import ftfy
+
+    steps = [ftfy.FIXERS[name] for name in names]
+    blockers = set(_BLOCKERS)
+    table: dict[int, str] = {}
+    for cp in sorted(_changeable_chars() - set(map(ord, _BLOCKERS))):
+        out = chr(cp)
+        produced = set()
+        for step in steps:
+            out = step(out)
+            produced.update(out)
+        if produced & set(_BLOCKERS):
+            blockers.add(chr(cp))
+        elif out != chr(cp):
+            table[cp] = out
+    blocker_class = re.compile("[" + "".join(f"\\U{ord(c):08X}" for c in sorted(blockers)) + "]")
+    return blocker_class, sparse_translator(table)
+
+
 def _fix_whole(text: str, config: Any) -> str | None:
-    """ftfy's steps over the whole text at once, or None when the line-by-line path is needed."""
+    """ftfy's steps over the whole text at once, or None when the line-by-line path is needed.
+
+    A round over text without blockers is the fused character map (`_fused_steps`); otherwise ftfy's steps
+    run one by one. Rounds repeat until one changes nothing, as in ftfy.
+    """
     import unicodedata
 
     import ftfy
     from ftfy.chardata import possible_encoding
 
-    if "<" in text or len(text) > config.max_decode_length:
+    if (config.unescape_html == "auto" and "<" in text) or len(text) > config.max_decode_length:
         return None
     fast = _sparse_translators()
-    names = ("unescape_html", *_LOCAL_FIXERS)
-    steps = [fast.get(name) or ftfy.FIXERS[name] for name in names if getattr(config, name)]
+    local = tuple(name for name in _LOCAL_FIXERS if getattr(config, name))
+    names = ("unescape_html", *local) if config.unescape_html else local
+    steps = [fast.get(name) or ftfy.FIXERS[name] for name in names]
+    blockers, fused = _fused_steps(local)
     while True:
         original = text
         if config.fix_encoding and not possible_encoding(text, "ascii") and is_bad_fast(text):
             return None
-        for step in steps:
-            text = step(text)
+        if blockers.search(text) is None:
+            text = fused(text)
+        else:
+            for step in steps:
+                text = step(text)
         if config.normalization is not None:
             text = unicodedata.normalize(config.normalization, text)
         if text == original:
