@@ -46,8 +46,12 @@ _AWARE_MAY_SPLIT = re.compile(r"[。！？.!?]")
 # its lookbehinds become consumed characters before `\K`, and `\s` is spelled out as the stdlib's
 # whitespace (`regex`'s `\s` leaves out U+001C..U+001F).
 _MARK = "\x00"
+# Each splitter with a substring (or characters) that every one of its matches holds: a text without it is
+# left alone without running the splitter (same output; most documents skip three of the four).
+_DJ_SCREENS: tuple[tuple[str, ...], ...] = (("",), ("......",), ("……",), ("’", "”"))
 _DJ_MARKS = tuple(
-    (regex.compile(pattern.pattern), repl.replace(r"\n", _MARK)) for pattern, repl in _DJ_SPLITS
+    (regex.compile(pattern.pattern), repl.replace(r"\n", _MARK), screen)
+    for (pattern, repl), screen in zip(_DJ_SPLITS, _DJ_SCREENS, strict=True)
 )
 _SPACE = "".join(f"\\U{ord(c):08X}" for c in re.findall(r"\s", "".join(map(chr, range(0x110000)))))
 _AWARE_BREAK = regex.compile(
@@ -114,8 +118,9 @@ class RemoveRepeatSentencesMapper(Mapper):
         dj = self.semantics == "data_juicer"
         if dj:
             marked = text
-            for pattern, repl in _DJ_MARKS:
-                marked = pattern.sub(repl, marked)
+            for pattern, repl, screen in _DJ_MARKS:
+                if any(piece in marked for piece in screen):
+                    marked = pattern.sub(repl, marked)
         else:
             marked = _AWARE_BREAK.sub(_MARK, text)
         # Every line break becomes a piece of its own, so the pieces are the sentences of every line (plus
