@@ -2,7 +2,8 @@
 
 Documents are tokenized in batches by the fast (Rust) tokenizer, in `num_workers` processes whose
 results are consumed in submission order, so the store is byte-identical for any worker count.
-Each document is followed by the separator token and appended to its source's stream; a shard is
+Each document is preceded by the BOS token (tokenizers that add one, `pack.bos`), followed by the
+separator token and appended to its source's stream; a shard is
 written (atomically) every `shard_tokens` tokens. The store is built in `<output>.partial` and
 renamed into place when complete, so a crash never leaves a half-written store or shard behind,
 and re-running a complete store with the same inputs and settings is a no-op.
@@ -157,6 +158,30 @@ def encode_batches(
             yield pending.popleft().result()
 
 
+def resolve_separator(tokenizer: Any, value: str | None) -> str | None:
+    """`pack.separator` with `auto` resolved: <|im_end|> when the tokenizer has it (Qwen's ChatML tokenizers,
+    as Steel-LLM packs), else its EOS token."""
+    if value != "auto":
+        return value
+    if "<|im_end|>" in tokenizer.get_vocab():
+        return "<|im_end|>"
+    if tokenizer.eos_token is None:
+        raise DataError("pack.separator 'auto': the tokenizer has no EOS token; name a separator token or set null")
+    return str(tokenizer.eos_token)
+
+
+def resolve_bos(tokenizer: Any, value: bool | str) -> str | None:
+    """The BOS token to put before every document (`pack.bos`), or None. `auto`: the tokenizer's BOS when
+    encoding adds it (Llama/Mistral-style tokenizers), as the model saw it in its own pretraining."""
+    bos = tokenizer.bos_token
+    if value == "auto":
+        adds = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+        return str(bos) if adds else None
+    if value and bos is None:
+        raise DataError("pack.bos is true but the tokenizer has no BOS token; set pack.bos to auto or false")
+    return str(bos) if value else None
+
+
 def separator_id(tokenizer: Any, token: str | None) -> int | None:
     """The id of the separator token, or a clear error when the tokenizer lacks it."""
     if token is None:
@@ -177,6 +202,7 @@ def pack_documents(
     tokenizer_name: str,
     tokenizer_fingerprint: str,
     separator: str | None = "<|im_end|>",
+    bos: str | None = None,
     shard_tokens: int = 1 << 25,
     num_workers: int = 1,
     batch_docs: int = 512,
@@ -184,13 +210,16 @@ def pack_documents(
 ) -> Manifest:
     """Tokenize `(source, text)` documents into a store in `directory` (manifest included).
 
-    `tokenizer` is a `PreTrainedTokenizerFast`; `on_batch(documents, tokens)` reports progress.
+    `tokenizer` is a `PreTrainedTokenizerFast`; each document becomes `[bos] ids [separator]` (the tokens
+    given, see `resolve_bos`/`resolve_separator`); `on_batch(documents, tokens)` reports progress.
     Empty documents are skipped (and not counted).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     sep = separator_id(tokenizer, separator)
+    bos_id = tokenizer.convert_tokens_to_ids(bos) if bos is not None else None
     sep_arr = np.asarray([] if sep is None else [sep], dtype=np.uint32)
+    bos_arr = np.asarray([] if bos_id is None else [bos_id], dtype=np.uint32)
     writer = StoreWriter(directory, shard_tokens)
     sources_of_batch: deque[list[str]] = deque()
 
@@ -214,7 +243,7 @@ def pack_documents(
         sources = sources_of_batch.popleft()
         n_tokens = 0
         for source, ids in zip(sources, encoded, strict=True):
-            doc = np.concatenate([ids, sep_arr]) if sep is not None else ids
+            doc = np.concatenate([bos_arr, ids, sep_arr]) if sep is not None or bos_id is not None else ids
             writer.add(source, doc)
             n_tokens += len(doc)
         if on_batch is not None:
@@ -227,6 +256,8 @@ def pack_documents(
         shard_tokens=shard_tokens,
         shards=writer.close(),
         complete=True,
+        bos_token=bos,
+        bos_id=bos_id,
     )
     manifest.save(directory)
     return manifest
@@ -345,7 +376,8 @@ def run_pack(recipe: Any) -> StageReport:
             partial,
             tokenizer_name=str(recipe.tokenizer),
             tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-            separator=cfg.separator,
+            separator=resolve_separator(tokenizer, cfg.separator),
+            bos=resolve_bos(tokenizer, cfg.bos),
             shard_tokens=cfg.shard_tokens,
             num_workers=cfg.num_workers,
             batch_docs=cfg.batch_docs,

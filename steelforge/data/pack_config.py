@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -15,8 +16,14 @@ class PackConfig(StrictModel):
     )
     output: Path | None = None
     separator: str | None = Field(
-        "<|im_end|>",
-        description="Special token appended after every document (Steel-LLM uses <|im_end|>); null for none.",
+        "auto",
+        description="Special token appended after every document; `auto`: <|im_end|> when the tokenizer has it "
+        "(qwen1.5, as Steel-LLM packs), else the tokenizer's EOS token (</s> for mistral-v1); null for none.",
+    )
+    bos: bool | Literal["auto"] = Field(
+        "auto",
+        description="Put the tokenizer's BOS token before every document; `auto`: when the tokenizer adds one "
+        "when encoding (<s> of mistral-v1 and Llama-style tokenizers; qwen1.5 has none).",
     )
     shard_tokens: int = Field(
         1 << 25, ge=16, description="Tokens per shard (the last shard of a source may be shorter)."

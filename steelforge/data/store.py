@@ -4,13 +4,15 @@ On-disk format (version 1), one folder per store:
 
 * `<source>-<NNNNN>.u32` — a shard: the token ids of one source, little-endian `uint32`, no
   header (`tokens * 4` bytes). A source's token stream is the concatenation of its shards in
-  manifest order; documents are packed back to back, each followed by the separator token, and
+  manifest order; documents are packed back to back, each preceded by the BOS token (if any) and
+  followed by the separator token (if any), and
   a document may continue into the source's next shard. Every shard but a source's last one
   holds exactly `shard_tokens` tokens.
 * `<source>-<NNNNN>.docs` — the offsets (little-endian `uint64`, relative to the shard's first
   token) at which a document starts in that shard, ascending; `documents` entries.
 * `manifest.json` — `{"format": "steelforge-token-store", "version": 1, "dtype": "uint32",
-  "tokenizer": {"name", "fingerprint"}, "separator": {"token", "id"}, "shard_tokens",
+  "tokenizer": {"name", "fingerprint"}, "separator": {"token", "id"}, "bos": {"token", "id"}
+  (absent in stores written before it existed: no BOS), "shard_tokens",
   "complete", "shards": [{"file", "docs_file", "md5", "docs_md5", "tokens", "documents",
   "source"}, ...]}`. Shards are written to a temporary name and renamed, the manifest last, so a
   shard listed in a manifest is always whole.
@@ -71,6 +73,8 @@ class Manifest:
     shards: list[ShardInfo] = field(default_factory=list)
     complete: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    bos_token: str | None = None
+    bos_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +83,7 @@ class Manifest:
             "dtype": "uint32",
             "tokenizer": {"name": self.tokenizer_name, "fingerprint": self.tokenizer_fingerprint},
             "separator": {"token": self.separator_token, "id": self.separator_id},
+            "bos": {"token": self.bos_token, "id": self.bos_id},
             "shard_tokens": self.shard_tokens,
             "complete": self.complete,
             "extra": self.extra,
@@ -104,6 +109,8 @@ class Manifest:
             shards=[ShardInfo.from_dict(s) for s in raw["shards"]],
             complete=bool(raw.get("complete", False)),
             extra=dict(raw.get("extra", {})),
+            bos_token=(raw.get("bos") or {}).get("token"),  # stores packed before BOS support have none
+            bos_id=(raw.get("bos") or {}).get("id"),
         )
 
     def save(self, directory: Path) -> None:
@@ -301,6 +308,11 @@ def _resolve_new_shards(paths: list[Path]) -> list[tuple[TokenStore, ShardInfo]]
     return found
 
 
+def _framing(manifest: Manifest) -> tuple[int | None, int | None]:
+    """The ids around every document of a store: (BOS, separator)."""
+    return manifest.bos_id, manifest.separator_id
+
+
 def append_shards(store_dir: str | Path, new: list[str | Path]) -> list[ShardInfo]:
     """Copy shards of other stores (same tokenizer) into `store_dir` and list them in its manifest.
 
@@ -312,6 +324,12 @@ def append_shards(store_dir: str | Path, new: list[str | Path]) -> list[ShardInf
     known = {s.md5: s.file for s in store.shards}
     for src, shard in incoming:
         check_tokenizer(store, src.manifest.tokenizer_fingerprint, f"shard '{src.path / shard.file}'")
+        framing, theirs = _framing(store.manifest), _framing(src.manifest)
+        if theirs != framing:
+            raise DataError(
+                f"shard '{src.path / shard.file}' was packed with (BOS, separator) {theirs}, the store with "
+                f"{framing}; pack it again with the store's pack.bos and pack.separator"
+            )
         if shard.md5 in known:
             raise DataError(
                 f"shard '{src.path / shard.file}' (md5 {shard.md5}) is already in the store as '{known[shard.md5]}'; "

@@ -65,7 +65,8 @@ def info(
     print_table(f"token store {store}", ["source", "tokens", "share", "documents", "shards"], rows)
     console.print(
         f"tokenizer {m.tokenizer_name} (fingerprint {m.tokenizer_fingerprint[:12]}), separator "
-        f"{m.separator_token!r} = {m.separator_id}, store fingerprint {opened.fingerprint()}"
+        f"{m.separator_token!r} = {m.separator_id}, BOS {m.bos_token!r} = {m.bos_id}, "
+        f"store fingerprint {opened.fingerprint()}"
     )
     if plot is not None:
         draw_token_distribution(stats, plot, title=f"Tokens by source — {store.name}")

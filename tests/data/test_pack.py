@@ -229,3 +229,56 @@ def test_default_inputs_are_the_data_stage_kept_shards_and_inspect_decodes_them(
     result = CliRunner().invoke(store_app, ["inspect", str(store.path), "--samples", "1", "--seq-len", "12"])
     assert result.exit_code == 0, result.output
     assert TEXTS[0][:20] in result.output
+
+
+def test_auto_framing_follows_the_tokenizer(tiny_tokenizer_dir: Path) -> None:
+    from steelforge.data.pack import resolve_bos, resolve_separator
+    from steelforge.tokenizer import load_tokenizer
+
+    qwen, mistral = load_tokenizer("qwen1.5"), load_tokenizer("mistral-v1")
+    assert (resolve_bos(qwen, "auto"), resolve_separator(qwen, "auto")) == (None, "<|im_end|>")  # Steel-LLM
+    assert (resolve_bos(mistral, "auto"), resolve_separator(mistral, "auto")) == ("<s>", "</s>")  # Moxin
+    tiny = load_tokenizer(str(tiny_tokenizer_dir))
+    assert (resolve_bos(tiny, "auto"), resolve_separator(tiny, "auto")) == (None, "<|im_end|>")
+    assert resolve_bos(mistral, False) is None and resolve_separator(mistral, None) is None
+    with pytest.raises(DataError, match=r"pack\.bos is true but the tokenizer has no BOS"):
+        resolve_bos(qwen, True)
+
+
+def test_mistral_store_frames_every_document_with_bos_and_eos(tmp_path: Path) -> None:
+    from steelforge.tokenizer import load_tokenizer
+
+    texts = [t for t in TEXTS[:6] if t]
+    inputs = tmp_path / "docs.jsonl"
+    inputs.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), "utf-8")
+    recipe = recipe_from_dict(
+        {
+            "out_dir": str(tmp_path / "run"),
+            "tokenizer": "mistral-v1",
+            "pack": {"inputs": [str(inputs)], "shard_tokens": 1 << 16},
+        }
+    )
+    run_pack(recipe)
+    store = TokenStore(recipe.stage_dir("pack"))
+    tokenizer = load_tokenizer("mistral-v1")
+    assert (store.manifest.bos_token, store.manifest.bos_id) == ("<s>", 1)
+    assert (store.manifest.separator_token, store.manifest.separator_id) == ("</s>", 2)
+    got = np.asarray(store.tokens(store.shards[0])).tolist()
+    # what the tokenizer gives each document on its own (it adds <s>), then </s>
+    assert got == [i for t in texts for i in [*tokenizer(t)["input_ids"], 2]]
+    starts = np.asarray(store.doc_starts(store.shards[0])).tolist()
+    assert len(starts) == len(texts) and all(got[s] == 1 for s in starts)  # every document starts at its <s>
+    reread = json.loads((store.path / MANIFEST).read_text())
+    assert reread["bos"] == {"token": "<s>", "id": 1}
+
+
+def test_stores_without_a_bos_entry_still_open(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    from steelforge.tokenizer import load_tokenizer
+
+    _pack(load_tokenizer(str(tiny_tokenizer_dir)), tmp_path / "s", workers=1)
+    path = tmp_path / "s" / MANIFEST
+    raw = json.loads(path.read_text())
+    del raw["bos"]  # a manifest written before BOS support
+    path.write_text(json.dumps(raw))
+    manifest = TokenStore(tmp_path / "s").manifest
+    assert manifest.bos_token is None and manifest.bos_id is None

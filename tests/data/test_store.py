@@ -116,6 +116,13 @@ def test_append_adds_new_shards_and_refuses_duplicates_and_other_tokenizers(tmp_
     other = _store(tmp_path / "other", seed=2, fingerprint="tok-b")
     with pytest.raises(DataError, match="packed with tokenizer"):
         append_shards(main, [other])
+    framed = tmp_path / "framed"
+    write_token_store(
+        framed, _docs(3), tokenizer_name="tiny", tokenizer_fingerprint="tok-a",
+        separator_token="<other>", separator_id=SEP + 1, shard_tokens=50,
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"packed with \(BOS, separator\)"):
+        append_shards(main, [framed])
     assert len(TokenStore(main).shards) == len(after.shards)  # nothing half-appended
 
 

@@ -70,10 +70,13 @@ class PerplexityFilter(Filter):
                     f"operator 'perplexity_filter' parameter 'model' = '{model}' is neither a model folder nor "
                     f"a preset ({', '.join(preset_names())}); point it at your causal-LM folder"
                 )
-            if tokenizer != "qwen1.5" and not Path(tokenizer).expanduser().is_dir():
+            from steelforge.tokenizer import TOKENIZER_NAMES
+
+            if tokenizer not in TOKENIZER_NAMES and not Path(tokenizer).expanduser().is_dir():
                 raise RecipeError(
-                    f"operator 'perplexity_filter' parameter 'tokenizer' = '{tokenizer}' is neither 'qwen1.5' nor "
-                    "a tokenizer folder; point it at the folder of your model's tokenizer"
+                    f"operator 'perplexity_filter' parameter 'tokenizer' = '{tokenizer}' is neither a named "
+                    f"tokenizer ({', '.join(TOKENIZER_NAMES)}) nor a tokenizer folder; point it at the folder "
+                    "of your model's tokenizer"
                 )
         else:
             require_model_file("perplexity_filter", "kenlm_model", kenlm_model)
