@@ -27,7 +27,11 @@ granularity; a file that was half done is redone from scratch.
 
 Memory: documents stream in batches (at most `2 * num_workers` in flight); only the deduplicators'
 signatures of one piece are held together at the barrier (16 bytes per document for exact dedup,
-8 for SimHash, 4 * num_permutations for MinHash), plus the duplicate map.
+8 for SimHash, 8 per LSH band for MinHash), plus the duplicate map. The barrier calls the
+deduplicator's `find_duplicates_streaming(ids, read)`, which reads the signature files itself
+(`read()` yields them again, in chunks): MinHash keeps only the band keys of every document and reads
+the full MinHash values back for the candidates that `language_aware` verifies (those sharing a band
+with another document).
 """
 
 from __future__ import annotations
@@ -559,17 +563,21 @@ class _Run:
         _, dedup = piece.signer
         start = time.perf_counter()
         ids: list[str] = []
-        signatures: list[Any] = []
         offsets: dict[str, int] = {}
-        work = self.layout.piece_dir(piece.index)
-        for f in self.files:
+        paths = [self.layout.piece_dir(piece.index) / f"{f.task}.sig" for f in self.files]
+        for f, path in zip(self.files, paths, strict=True):
             offsets[f.task] = len(ids)
-            for chunk in _read_pickles(work / f"{f.task}.sig"):
-                for doc_id, sig in chunk:
-                    ids.append(doc_id)
-                    signatures.append(sig)
+            for chunk in _read_pickles(path):
+                ids.extend(doc_id for doc_id, _ in chunk)
         positions = [str(i) for i in range(len(ids))]
-        found = dedup.find_duplicates(positions, signatures)
+
+        def chunks() -> Iterator[list[Any]]:
+            """The signatures, in input order, one pickled batch at a time (read again at each call)."""
+            for path in paths:
+                for chunk in _read_pickles(path):
+                    yield [sig for _, sig in chunk]
+
+        found = dedup.find_duplicates_streaming(positions, chunks)
         duplicate_of = {int(dup): ids[int(kept)] for dup, kept in found.items()}
         tmp = out.with_name(f".{out.name}.tmp")
         with open(tmp, "wb") as stream:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import tracemalloc
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,14 @@ from steelforge.data.ops.dedup_common import (
     _POLY,
     UnionFind,
     _mix64,
+    duplicates_from_union_find,
     mixed_token_hashes,
     mixed_tokens,
     shingle_hashes,
     shingles,
     token_hashes,
 )
+from steelforge.data.ops.dedup_minhash import DocumentMinhashDeduplicator, band_keys
 from steelforge.data.ops.dedup_simhash import simhash
 
 
@@ -136,7 +140,124 @@ def test_minhash_data_juicer_collapses_short_documents_language_aware_does_not()
     assert _dedup(spec, "data_juicer", texts) == {"d1": "d0", "d2": "d0"}
     assert _dedup(spec, "language_aware", texts) == {}
     op = build_op(spec, "language_aware")
-    assert op.signature("") is None and op.signature("a b c d e f").dtype == np.uint32
+    sig = op.signature("a b c d e f")
+    assert op.signature("") is None and len(sig.values) == 4 * op.num_permutations
+    assert len(sig.bands) == 8 * op.num_bands
+    assert build_op(spec, "data_juicer").signature("a b c d e f").values is None  # band keys decide alone
+
+
+def _minhash_reference(op: DocumentMinhashDeduplicator, ids: list[str], vectors: list) -> dict[str, str]:
+    """The barrier as it was: full MinHash vectors in memory, a dict of lists per band, pairs verified
+    in bucket order (data_juicer: every candidate is a duplicate)."""
+    uf = UnionFind(len(ids))
+    rows = op.num_rows_per_band
+    present = [i for i, v in enumerate(vectors) if v is not None]
+    for band in range(op.num_bands):
+        buckets: dict[bytes, list[int]] = defaultdict(list)
+        for i in present:
+            buckets[vectors[i][band * rows : (band + 1) * rows].tobytes()].append(i)
+        for members in buckets.values():
+            for k, b in enumerate(members[1:], start=1):
+                for a in members[:k] if op.language_aware else members[:1]:
+                    if uf.find(a) == uf.find(b):
+                        break
+                    if not op.language_aware or np.mean(vectors[a] == vectors[b]) >= op.jaccard_threshold:
+                        uf.union(a, b)
+                        break
+    return duplicates_from_union_find(ids, uf)
+
+
+def _near_duplicate_corpus(rng: random.Random, n_bases: int) -> list[str]:
+    """Random documents, each followed by edited copies (of it or of an earlier copy) and shuffled."""
+    vocab = [f"w{i}" for i in range(300)]
+    texts: list[str] = ["", "tiny"]
+    for _ in range(n_bases):
+        family = [rng.choices(vocab, k=rng.randint(20, 80))]
+        for _ in range(rng.randint(0, 5)):
+            words = list(rng.choice(family))
+            for pos in rng.sample(range(len(words)), min(len(words), rng.randint(0, 12))):
+                words[pos] = rng.choice(vocab)
+            family.append(words)
+        texts += [" ".join(words) for words in family]
+    rng.shuffle(texts)
+    return texts
+
+
+def _chunked(records: list, rng: random.Random) -> list[list]:
+    """The records cut into chunks of random sizes (as the pipeline's pickled batches are)."""
+    chunks, at = [], 0
+    while at < len(records):
+        size = rng.randint(1, 40)
+        chunks.append(records[at : at + size])
+        at += size
+    return chunks
+
+
+@pytest.mark.parametrize("semantics", ["data_juicer", "language_aware"])
+@pytest.mark.parametrize("threshold", [0.5, 0.8])
+def test_minhash_band_keys_decide_as_the_full_vectors_did(semantics: str, threshold: float) -> None:
+    rng = random.Random(11)
+    texts = _near_duplicate_corpus(rng, 150)
+    op = build_op(
+        {"document_minhash_deduplicator": {"window_size": 3, "jaccard_threshold": threshold}}, semantics
+    )
+    ids = [f"d{i}" for i in range(len(texts))]
+    vectors = [op.minhash(t) for t in texts]
+    expected = _minhash_reference(op, ids, vectors)
+    records = [op.record(v) for v in vectors]
+    assert len(expected) > 50
+    assert op.find_duplicates(ids, records) == expected
+    chunks = _chunked(records, rng)
+    assert op.find_duplicates_streaming(ids, lambda: iter(chunks)) == expected
+
+
+@pytest.mark.parametrize("semantics", ["data_juicer", "language_aware"])
+def test_minhash_barrier_equals_dict_banding_where_buckets_overlap(semantics: str) -> None:
+    """Tiny value alphabets make buckets overlap across bands, where the verification order matters."""
+    rng = np.random.default_rng(5)
+    spec = {"num_permutations": 24, "num_bands": 8, "num_rows_per_band": 3, "jaccard_threshold": 0.5}
+    op = build_op({"document_minhash_deduplicator": spec}, semantics)
+    for _ in range(40):
+        n = int(rng.integers(0, 250))
+        values = rng.integers(0, int(rng.integers(1, 4)), size=(n, 24)).astype(np.uint32)
+        vectors = [None if semantics == "language_aware" and rng.random() < 0.1 else v for v in values]
+        ids = [f"d{i}" for i in range(n)]
+        assert op.find_duplicates(ids, [op.record(v) for v in vectors]) == _minhash_reference(
+            op, ids, vectors
+        )
+
+
+def test_minhash_band_keys_are_blake2b_of_each_band() -> None:
+    values = np.arange(12, dtype=np.uint32) * np.uint32(0x01020305)
+    keys = band_keys(values, 3, 4)
+    for band in range(3):
+        data = values[band * 4 : (band + 1) * 4].astype("<u4").tobytes()
+        assert keys[band * 8 : (band + 1) * 8] == hashlib.blake2b(data, digest_size=8).digest()
+    assert band_keys(values, 2, 6)[:8] == band_keys(values[:6].copy(), 1, 6)
+
+
+@pytest.mark.parametrize("semantics", ["data_juicer", "language_aware"])
+def test_minhash_barrier_holds_band_keys_not_signatures(semantics: str) -> None:
+    """What the barrier allocates per document stays under 8 bytes per band plus a small constant
+    (plus the full values of the few candidates language_aware verifies); the vectors were 4 * 256."""
+    n, copies = 20_000, 40
+    op = build_op({"document_minhash_deduplicator": {"window_size": 13, "jaccard_threshold": 0.8}}, semantics)
+    rng = np.random.default_rng(2)
+    values = rng.integers(0, 1 << 32, size=(n, op.num_permutations), dtype=np.uint64).astype(np.uint32)
+    values[n - copies :] = values[:copies]  # planted duplicates: the last documents repeat the first
+    chunks = [[op.record(v) for v in values[at : at + 100]] for at in range(0, n, 100)]
+    ids = [f"d{i}" for i in range(n)]
+    del values
+    tracemalloc.start()
+    try:
+        found = op.find_duplicates_streaming(ids, lambda: iter(chunks))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found == {f"d{n - copies + i}": f"d{i}" for i in range(copies)}
+    verified = 2 * copies * 4 * op.num_permutations if op.language_aware else 0
+    per_document = (peak - verified) / n
+    assert per_document <= 8 * op.num_bands + 48, per_document
 
 
 def test_data_juicer_space_tokens_split_on_spaces_only() -> None:
@@ -230,3 +351,11 @@ def test_language_aware_simhash_equals_its_token_definition(steel_samples_dir: P
 def test_shingle_hashes_with_a_window_longer_than_64_tokens() -> None:
     tokens = [f"w{i % 7}" for i in range(150)]
     assert np.array_equal(shingle_hashes(tokens, 70), _shingle_hashes_reference(tokens, 70))
+
+
+def test_minhash_barrier_refuses_signatures_without_band_keys() -> None:
+    from steelforge.errors import DataError
+
+    op = build_op({"document_minhash_deduplicator": {}}, "language_aware")
+    with pytest.raises(DataError, match="--force"):
+        op.find_duplicates(["a", "b"], [None, np.zeros(op.num_permutations, dtype=np.uint32)])

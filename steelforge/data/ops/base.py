@@ -8,13 +8,14 @@ Two semantics: `data_juicer` reproduces Data-Juicer 1.6.1's decisions exactly (q
 - `Filter.compute_stats(text) -> dict` then `Filter.keep(stats) -> bool` (Data-Juicer's split of
   "compute stats" from "decide"); `Filter.explain(stats)` says which statistic and bound rejected it.
 - `Deduplicator.signature(text)` per document (parallel), then `Deduplicator.find_duplicates(...)`
-  over all signatures (global, deterministic: the first document in input order is kept).
+  over all signatures (global, deterministic: the first document in input order is kept), which the
+  barrier reaches through `find_duplicates_streaming` (signatures read back in chunks).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
 from steelforge.errors import RecipeError
@@ -88,6 +89,14 @@ class Deduplicator(Op):
     def find_duplicates(self, ids: Sequence[str], signatures: Sequence[Any]) -> dict[str, str]:
         """Map each duplicate's id to the id of the kept document it duplicates (input order decides)."""
         raise NotImplementedError
+
+    def find_duplicates_streaming(
+        self, ids: Sequence[str], read: Callable[[], Iterable[Sequence[Any]]]
+    ) -> dict[str, str]:
+        """`find_duplicates` over the signatures that each call of `read()` yields again, in chunks in input
+        order: what the pipeline's barrier calls. This default holds them all; a deduplicator whose
+        signatures are large overrides it to keep less (MinHash keeps only its band keys)."""
+        return self.find_duplicates(ids, [sig for chunk in read() for sig in chunk])
 
 
 def build_op(spec: dict[str, Any] | str, semantics: Semantics) -> Op:

@@ -287,3 +287,45 @@ def union_equal_keys(keys: Sequence[object | None]) -> tuple[UnionFind, dict[obj
         if j != i:
             uf.union(j, i)
     return uf, first
+
+
+def duplicates_among(ids: Sequence[str], positions: np.ndarray, uf: UnionFind) -> dict[str, str]:
+    """`duplicates_from_union_find` for a union-find over `positions` (sorted input positions) only.
+
+    Ranks keep the input order, so each cluster's root is still its earliest document.
+    """
+    out: dict[str, str] = {}
+    pos = positions.tolist()
+    for i, p in enumerate(pos):
+        root = uf.find(i)
+        if root != i:
+            out[ids[p]] = ids[pos[root]]
+    return out
+
+
+def equal_key_groups(keys: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions sharing their key with another valid position: `(members, sizes)`.
+
+    One stable sort instead of a dict of lists: `members` holds the groups back to back, each in input
+    order, the groups ordered by their first position (the order a dict filled in input order gives);
+    `sizes` is each group's length. Positions with a unique key are left out.
+    """
+    order = np.argsort(keys, kind="stable")
+    if valid is not None:
+        order = order[valid[order]]
+    sorted_keys = keys[order]
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    del sorted_keys
+    after = np.zeros(len(order), dtype=bool)  # equal to the next key
+    after[:-1] = same
+    before = np.zeros(len(order), dtype=bool)  # equal to the previous key
+    before[1:] = same
+    grouped = after | before
+    members = order[grouped]
+    heads = (after & ~before)[grouped]
+    del order, same, after, before, grouped
+    starts = np.flatnonzero(heads)
+    sizes = np.diff(starts, append=len(members))
+    first = members[starts]
+    by_first = np.argsort(np.repeat(first, sizes), kind="stable")
+    return members[by_first], sizes[np.argsort(first)]
