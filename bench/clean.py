@@ -12,6 +12,9 @@ chars/s, per-operator time shares, and the ratios the goals are stated in:
   8,250 docs / 5.15 M chars, ../shared/BENCH_ANCHORS.md; the corpora differ, so chars/s too);
 - within 3x of the I/O floor.
 
+It also times rjieba alone cutting every document (`language_aware`'s word filters segment Chinese
+with it): a cost that semantics cannot go below, shown against the I/O floor.
+
 Rates are per CPU-second (user + system time of this process and its workers), so "per core" means
 what one busy core does and a machine shared with other jobs does not distort them; the wall-clock
 rates are printed beside them. Best of `--repeat` runs per configuration; quote ratios.
@@ -69,6 +72,25 @@ def io_floor(config, out_dir: Path) -> tuple[float, int, int, float]:
     return cpu_seconds() - start, docs, chars, size / 1e6
 
 
+def segmentation_only(config, out_dir: Path) -> float:
+    """CPU seconds of rjieba cutting every input document: what `language_aware`'s word filters cannot go below."""
+    from steelforge.data.io import BadRecord, iter_documents
+    from steelforge.data.ops._text import jieba_tokens
+    from steelforge.data.pipeline import resolve_inputs
+
+    texts = [
+        doc["text"]
+        for f in resolve_inputs(config, out_dir)
+        for doc in iter_documents(f.path, f.spec)
+        if not isinstance(doc, BadRecord)
+    ]
+    jieba_tokens(texts[0])
+    start = cpu_seconds()
+    for text in texts:
+        jieba_tokens(text)
+    return cpu_seconds() - start
+
+
 def best_of(repeat: int, fn):
     results = [fn() for _ in range(repeat)]
     return min(results, key=lambda r: r[0])
@@ -113,6 +135,20 @@ def main() -> None:
                 "",
             )
         ]
+        seg_s = min(segmentation_only(config, tmp) for _ in range(args.repeat))
+        rows.append(
+            (
+                "Chinese word segmentation alone (rjieba, every doc)",
+                1,
+                "",
+                n_docs / seg_s,
+                n_mb / seg_s,
+                n_chars / seg_s,
+                seg_s / floor_s,
+                "",
+                "",
+            )
+        )
         shares: dict[str, list[tuple[str, float]]] = {}
         runs = [("no operators (pipeline overhead)", 1)]
         runs += [(semantics, workers) for semantics in args.semantics for workers in args.workers]
