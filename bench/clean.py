@@ -16,8 +16,10 @@ It also times rjieba alone cutting every document (`language_aware`'s word filte
 with it): a cost that semantics cannot go below, shown against the I/O floor.
 
 Rates are per CPU-second (user + system time of this process and its workers), so "per core" means
-what one busy core does and a machine shared with other jobs does not distort them; the wall-clock
-rates are printed beside them. Best of `--repeat` runs per configuration; quote ratios.
+what one busy core does and a machine shared with other jobs distorts them less; the wall-clock
+rates are printed beside them. The measurements run in `--repeat` rounds (floor, segmentation, every
+configuration in turn): rates are the best round's, and each ratio to the I/O floor is the median
+[range] of the per-round ratios, since the machine's speed drifts between rounds. Quote ratios.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -48,9 +51,9 @@ def text_config(samples: Path):
 
 
 def cpu_seconds() -> float:
-    """User + system CPU time of this process and of its finished child processes."""
+    """CPU time of this process (high resolution) plus that of its finished child processes (the workers)."""
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return time.process_time() + t.children_user + t.children_system
 
 
 def io_floor(config, out_dir: Path) -> tuple[float, int, int, float]:
@@ -91,9 +94,12 @@ def segmentation_only(config, out_dir: Path) -> float:
     return cpu_seconds() - start
 
 
-def best_of(repeat: int, fn):
-    results = [fn() for _ in range(repeat)]
-    return min(results, key=lambda r: r[0])
+FLOOR_PASSES = 5  # one floor measurement reads and writes the corpus this many times (~1 s of CPU)
+
+
+def median_range(values: list[float]) -> str:
+    ordered = sorted(values)
+    return f"{statistics.median(ordered):.2f} [{ordered[0]:.2f}-{ordered[-1]:.2f}]"
 
 
 def main() -> None:
@@ -101,7 +107,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeat", type=int, default=3, help="best of N runs for each measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (each: floor, segmentation, every run)")
     parser.add_argument("--semantics", nargs="+", default=["data_juicer", "language_aware"])
     parser.add_argument("--samples", type=Path, default=SAMPLES, help="folder of Steel-LLM's sample files")
     args = parser.parse_args()
@@ -117,58 +123,49 @@ def main() -> None:
         # warm-up: jieba's dictionary, OpenCC and regex compilation are paid once per process
         run_pipeline(config.model_copy(update={"semantics": "language_aware"}), tmp / "warm", force=True)
 
-        def floor_run():
-            shutil.rmtree(tmp / "floor", ignore_errors=True)
-            return io_floor(config, tmp / "floor")
+        def floor_run() -> tuple[float, int, int, float]:
+            """CPU seconds of one read + write pass (the mean of FLOOR_PASSES passes) and the corpus size."""
+            total = 0.0
+            for _ in range(FLOOR_PASSES):
+                shutil.rmtree(tmp / "floor", ignore_errors=True)
+                seconds, n_docs, n_chars, n_mb = io_floor(config, tmp / "floor")
+                total += seconds
+            return total / FLOOR_PASSES, n_docs, n_chars, n_mb
 
-        floor_s, n_docs, n_chars, n_mb = best_of(args.repeat, floor_run)
-        rows: list[tuple] = [
-            (
-                "read + write (I/O floor)",
-                1,
-                "",
-                n_docs / floor_s,
-                n_mb / floor_s,
-                n_chars / floor_s,
-                1.0,
-                "",
-                "",
-            )
-        ]
-        seg_s = min(segmentation_only(config, tmp) for _ in range(args.repeat))
-        rows.append(
-            (
-                "Chinese word segmentation alone (rjieba, every doc)",
-                1,
-                "",
-                n_docs / seg_s,
-                n_mb / seg_s,
-                n_chars / seg_s,
-                seg_s / floor_s,
-                "",
-                "",
-            )
-        )
-        shares: dict[str, list[tuple[str, float]]] = {}
+        def clean_run(semantics: str, workers: int, index: int):
+            start, wall = cpu_seconds(), time.perf_counter()
+            if semantics in ("data_juicer", "language_aware"):
+                run_config = config.model_copy(update={"semantics": semantics})
+            else:
+                run_config = config.model_copy(update={"process": []})
+            result = run_pipeline(run_config, tmp / f"run-{index}", num_workers=workers, force=True)
+            return cpu_seconds() - start, time.perf_counter() - wall, result
+
         runs = [("no operators (pipeline overhead)", 1)]
         runs += [(semantics, workers) for semantics in args.semantics for workers in args.workers]
-        for semantics, workers in runs:
-
-            def clean_run(semantics=semantics, workers=workers):
-                start, wall = cpu_seconds(), time.perf_counter()
-                if semantics in ("data_juicer", "language_aware"):
-                    run_config = config.model_copy(update={"semantics": semantics})
-                else:
-                    run_config = config.model_copy(update={"process": []})
-                result = run_pipeline(
-                    run_config,
-                    tmp / f"run-{len(rows)}",
-                    num_workers=workers,
-                    force=True,
-                )
-                return cpu_seconds() - start, time.perf_counter() - wall, result
-
-            seconds, wall, result = best_of(args.repeat, clean_run)
+        # Rounds: the floor, segmentation and every run in turn, so each ratio compares measurements
+        # taken minutes apart at most (the machine's speed drifts); rates are the best round's.
+        floors: list[float] = []
+        segs: list[float] = []
+        measured: list[list[tuple[float, float, object]]] = [[] for _ in runs]
+        for _ in range(args.repeat):
+            floor_s, n_docs, n_chars, n_mb = floor_run()
+            floors.append(floor_s)
+            segs.append(segmentation_only(config, tmp))
+            for index, (semantics, workers) in enumerate(runs):
+                measured[index].append(clean_run(semantics, workers, index))
+        floor_s = min(floors)
+        seg_s = min(segs)
+        rows: list[tuple] = [
+            ("read + write (I/O floor)", 1, "", n_docs / floor_s, n_mb / floor_s, n_chars / floor_s, "1", "", ""),
+            (
+                "Chinese word segmentation alone (rjieba, every doc)", 1, "", n_docs / seg_s, n_mb / seg_s,
+                n_chars / seg_s, median_range([s / f for s, f in zip(segs, floors, strict=True)]), "", "",
+            ),
+        ]  # fmt: skip
+        shares: dict[str, list[tuple[str, float]]] = {}
+        for (semantics, workers), results in zip(runs, measured, strict=True):
+            seconds, wall, result = min(results, key=lambda r: r[0])
             assert result.kept + result.rejected == n_docs, "counts do not reconcile"
             per_core_docs = n_docs / seconds
             per_core_chars = n_chars / seconds
@@ -180,7 +177,7 @@ def main() -> None:
                     per_core_docs,
                     n_mb / seconds,
                     per_core_chars,
-                    seconds / floor_s,
+                    median_range([r[0] / f for r, f in zip(results, floors, strict=True)]),
                     per_core_docs / DJ_DOCS_PER_S,
                     per_core_chars / DJ_CHARS_PER_S,
                 )
@@ -192,7 +189,7 @@ def main() -> None:
                 )
         print_table(
             f"Steel text recipe on {n_docs:,} docs / {n_chars / 1e6:.2f} M chars / {n_mb:.2f} MB "
-            f"({args.samples.name}), best of {args.repeat}",
+            f"({args.samples.name}); rates: best of {args.repeat} rounds, x I/O floor: median [range] per round",
             [
                 "run",
                 "workers",
@@ -200,7 +197,7 @@ def main() -> None:
                 "docs/s/core",
                 "MB/s/core",
                 "chars/s/core",
-                "x I/O floor CPU",
+                "x I/O floor CPU (goal <= 3)",
                 "x DJ docs/s",
                 "x DJ chars/s",
             ],
