@@ -359,3 +359,21 @@ def test_minhash_barrier_refuses_signatures_without_band_keys() -> None:
     op = build_op({"document_minhash_deduplicator": {}}, "language_aware")
     with pytest.raises(DataError, match="--force"):
         op.find_duplicates(["a", "b"], [None, np.zeros(op.num_permutations, dtype=np.uint32)])
+
+
+@pytest.mark.parametrize("in_memory", [1 << 30, 0])
+def test_minhash_candidate_values_in_memory_or_mapped_file_decide_alike(
+    in_memory: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond `VALUES_IN_MEMORY` the candidates' MinHash values live in a mapped temporary file: same decisions."""
+    import steelforge.data.ops.dedup_minhash as dedup_minhash
+
+    monkeypatch.setattr(dedup_minhash, "VALUES_IN_MEMORY", in_memory)
+    rng = random.Random(3)
+    texts = _near_duplicate_corpus(rng, 60)
+    op = build_op({"document_minhash_deduplicator": {"window_size": 3}}, "language_aware")
+    ids = [f"d{i}" for i in range(len(texts))]
+    vectors = [op.minhash(t) for t in texts]
+    expected = _minhash_reference(op, ids, vectors)
+    assert expected
+    assert op.find_duplicates(ids, [op.record(v) for v in vectors]) == expected

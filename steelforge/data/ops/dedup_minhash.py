@@ -25,6 +25,7 @@ jaccard_threshold: 0.8` (lower-cased 13-grams).
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
@@ -43,6 +44,9 @@ from steelforge.data.ops.dedup_common import (
 from steelforge.errors import DataError
 
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
+VALUES_IN_MEMORY = (
+    1 << 30
+)  # bytes of candidates' MinHash values kept in RAM at the barrier; more go to a mapped file
 MAX_HASH = np.uint64((1 << 32) - 1)
 
 
@@ -221,9 +225,18 @@ class DocumentMinhashDeduplicator(Deduplicator):
         return duplicates_among(ids, candidates, uf)
 
     def _candidate_values(self, read: SignatureChunks, candidates: np.ndarray) -> np.ndarray:
-        """The MinHash values of the candidate documents (sorted positions), one row each."""
-        width = 4 * self.num_permutations
-        rows = bytearray(width * len(candidates))  # filled in place: no second copy of the candidates
+        """The MinHash values of the candidate documents (sorted positions), one row each.
+
+        Held in memory up to `VALUES_IN_MEMORY` bytes; beyond that in a temporary file mapped into memory
+        (under `$TMPDIR`, freed when the array is dropped), so a heavily duplicated corpus does not need
+        1 KiB of RAM per candidate.
+        """
+        shape = (len(candidates), self.num_permutations)
+        if 4 * shape[0] * shape[1] <= VALUES_IN_MEMORY:
+            rows = np.empty(shape, dtype="<u4")
+        else:  # the mapping outlives the (already unlinked) file's descriptor
+            with tempfile.TemporaryFile(prefix="steelforge-minhash-") as backing:
+                rows = np.memmap(backing, dtype="<u4", mode="w+", shape=shape)
         wanted = candidates.tolist()
         k = start = 0
         for chunk in read():
@@ -231,10 +244,10 @@ class DocumentMinhashDeduplicator(Deduplicator):
                 break
             end = start + len(chunk)
             while k < len(wanted) and wanted[k] < end:
-                rows[k * width : (k + 1) * width] = chunk[wanted[k] - start].values
+                rows[k] = np.frombuffer(chunk[wanted[k] - start].values, dtype="<u4")
                 k += 1
             start = end
-        return np.frombuffer(rows, dtype="<u4").reshape(len(candidates), self.num_permutations)
+        return rows
 
     def _verify(self, uf: UnionFind, members: list[int], values: np.ndarray) -> None:
         """language_aware: join each member to the first earlier one it is already with or similar to."""
