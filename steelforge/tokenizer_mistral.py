@@ -17,12 +17,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import shutil
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from steelforge.errors import SteelforgeError
-from steelforge.tokenizer import MISTRAL_NAME, cache_root, publish_tokenizer_dir, update_tokenizer_config
+from steelforge.tokenizer import (
+    MISTRAL_NAME,
+    cache_root,
+    packaged_file,
+    publish_tokenizer_dir,
+    update_tokenizer_config,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -39,20 +44,10 @@ _BUILD_VERSION = "1"
 
 def mistral_model_path() -> Path:
     """The SentencePiece model shipped by the `mistral-common` package."""
-    try:
-        package = resources.files("mistral_common")
-    except ModuleNotFoundError:
-        raise SteelforgeError(
-            f"The '{MISTRAL_NAME}' tokenizer is built from the mistral-common package, which is not installed; "
-            "install it with `pip install mistral-common sentencepiece`."
-        ) from None
-    path = Path(str(package.joinpath("data", "tokenizer.model.v1")))
-    if not path.is_file():
-        raise SteelforgeError(
-            f"The Mistral SentencePiece model {path} is missing; reinstall it with "
-            "`pip install --force-reinstall mistral-common`."
-        )
-    return path
+    return packaged_file(
+        MISTRAL_NAME, "mistral_common", ("data", "tokenizer.model.v1"), "mistral-common sentencepiece",
+        "Mistral SentencePiece model",
+    )  # fmt: skip
 
 
 def _checked_model_bytes(path: Path) -> bytes:
