@@ -58,8 +58,8 @@ def cpu_seconds() -> float:
 
 def io_floor(config, out_dir: Path) -> tuple[float, int, int, float]:
     """Read every input document (field mapping included) and write it to `.jsonl.zst` shards."""
-    from steelforge.data.io import BadRecord, ShardWriter, iter_documents
-    from steelforge.data.pipeline import resolve_inputs
+    from steelforge.clean.io import BadRecord, ShardWriter, iter_documents
+    from steelforge.clean.pipeline import resolve_inputs
 
     start = cpu_seconds()
     docs = chars = size = 0
@@ -77,9 +77,9 @@ def io_floor(config, out_dir: Path) -> tuple[float, int, int, float]:
 
 def segmentation_only(config, out_dir: Path) -> float:
     """CPU seconds of rjieba cutting every input document: what `language_aware`'s word filters cannot go below."""
-    from steelforge.data.io import BadRecord, iter_documents
-    from steelforge.data.ops._text import jieba_tokens
-    from steelforge.data.pipeline import resolve_inputs
+    from steelforge.clean.io import BadRecord, iter_documents
+    from steelforge.clean.ops._text import jieba_tokens
+    from steelforge.clean.pipeline import resolve_inputs
 
     texts = [
         doc["text"]
@@ -114,7 +114,7 @@ def main() -> None:
     if not args.samples.is_dir():
         sys.exit(f"{args.samples} is absent (it ships beside the repository as ../shared)")
 
-    from steelforge.data.pipeline import run_pipeline
+    from steelforge.clean.pipeline import run_pipeline
     from steelforge.reporting import print_table
 
     config = text_config(args.samples)

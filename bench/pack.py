@@ -22,7 +22,7 @@ SAMPLES = ROOT.parent / "shared" / "data" / "steel_samples"
 
 
 def load_texts() -> list[tuple[str, str]]:
-    from steelforge.data.io import file_stem, iter_records
+    from steelforge.clean.io import file_stem, iter_records
 
     docs = []
     for path in sorted(SAMPLES.iterdir()):
@@ -47,8 +47,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from steelforge.data.pack import pack_documents
-    from steelforge.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
+    from steelforge.tokens.pack import pack_documents
 
     docs = load_texts()
     texts = [t for _, t in docs]

@@ -26,7 +26,7 @@ CONSUMED_PER_GPU = 15_000  # tokens/s/GPU, Steel-LLM paper Table 2 (1B-class mod
 
 
 def synthetic_store(path: Path, tokens: int) -> Path:
-    from steelforge.data.pack import write_token_store
+    from steelforge.tokens.pack import write_token_store
 
     rng = np.random.default_rng(0)
 
@@ -44,7 +44,7 @@ def synthetic_store(path: Path, tokens: int) -> Path:
 
 
 def throughput(store: Path, workers: int, seconds: float) -> float:
-    from steelforge.data.loader import TokenLoader
+    from steelforge.tokens.loader import TokenLoader
 
     loader = TokenLoader(
         store,
@@ -64,7 +64,7 @@ def throughput(store: Path, workers: int, seconds: float) -> float:
 
 
 def memmap_ceiling(store: Path) -> float:
-    from steelforge.data.store import TokenStore
+    from steelforge.tokens.store import TokenStore
 
     opened = TokenStore(store)
     start, total = time.perf_counter(), 0
@@ -75,7 +75,7 @@ def memmap_ceiling(store: Path) -> float:
 
 def sparse_store(path: Path, samples: float, seq_len: int) -> Path:
     """A store whose manifest lists ~`samples` samples in sparse shard files (holes, no disk)."""
-    from steelforge.data.store import Manifest, ShardInfo
+    from steelforge.tokens.store import Manifest, ShardInfo
 
     path.mkdir(parents=True)
     shard_tokens = 1 << 31
@@ -92,8 +92,8 @@ def sparse_store(path: Path, samples: float, seq_len: int) -> Path:
 
 
 def resume_time(store: Path) -> tuple[float, int, int]:
-    from steelforge.data.loader import TokenLoader
-    from steelforge.data.sampler import GlobalSampler, Phase
+    from steelforge.tokens.loader import TokenLoader
+    from steelforge.tokens.sampler import GlobalSampler, Phase
 
     kw = {"seq_len": 2048, "micro_batch_size": 8, "grad_accum": 8}
     loader = TokenLoader(store, **kw)

@@ -33,8 +33,8 @@ app = typer.Typer(
 
 # stage -> (module, run function, completeness check)
 STAGE_RUNNERS: dict[str, tuple[str, str, str]] = {
-    "data": ("steelforge.data.pipeline", "run_clean", "clean_complete"),
-    "pack": ("steelforge.data.pack", "run_pack", "pack_complete"),
+    "data": ("steelforge.clean.pipeline", "run_clean", "clean_complete"),
+    "pack": ("steelforge.tokens.pack", "run_pack", "pack_complete"),
     "pretrain": ("steelforge.train.pretrain", "run_pretrain", "pretrain_complete"),
 }
 
@@ -209,8 +209,8 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
 def _mount_subapps() -> None:
     """Tool groups owned by their stages (each module keeps its top-level imports light)."""
     for module_name, attr, name in (
-        ("steelforge.data.cli", "data_app", "data"),
-        ("steelforge.data.store_cli", "store_app", "store"),
+        ("steelforge.clean.cli", "data_app", "data"),
+        ("steelforge.tokens.store_cli", "store_app", "store"),
         ("steelforge.models.cli", "model_app", "model"),
     ):
         try:

@@ -17,11 +17,11 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from steelforge.clean.clean_config import CleanConfig
 from steelforge.config_base import StrictModel
-from steelforge.data.clean_config import CleanConfig
-from steelforge.data.pack_config import PackConfig
 from steelforge.errors import RecipeError
 from steelforge.models.config import ModelSpec
+from steelforge.tokens.pack_config import PackConfig
 from steelforge.train.config import PretrainConfig
 
 # Stage names in run order; `steelforge run` walks them and skips sections a recipe leaves out.

@@ -10,9 +10,9 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from steelforge.clean import synthetic
 
-from steelforge.data import synthetic
-from steelforge.data.synthetic import NOISE_DESCRIPTIONS, NOISE_KINDS, generate_documents, write_corpus
+from steelforge.clean.synthetic import NOISE_DESCRIPTIONS, NOISE_KINDS, generate_documents, write_corpus
 
 SOURCES = {"synthetic-zh", "synthetic-en", "synthetic-code"}
 
@@ -179,9 +179,9 @@ def test_demo_cleaning_removes_exactly_the_labelled_noise(tmp_path: Path) -> Non
     """The demo recipe's cleaning keeps every clean document untouched and handles each noise kind."""
     import yaml
 
-    from steelforge.data.clean_config import CleanConfig
-    from steelforge.data.io import read_shards
-    from steelforge.data.pipeline import run_pipeline
+    from steelforge.clean.clean_config import CleanConfig
+    from steelforge.clean.io import read_shards
+    from steelforge.clean.pipeline import run_pipeline
 
     demo = yaml.safe_load(resources.files("steelforge").joinpath("recipes", "demo.yaml").read_text("utf-8"))
     settings = demo["data"] | {"num_workers": 1}

@@ -12,8 +12,9 @@ from conftest import shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steelforge import tokenizer as tk
 from steelforge.errors import SteelforgeError
+from steelforge.tokenizers import qwen as tq
+from steelforge.tokenizers import registry as tk
 
 CORPUS = [
     "钢铁是怎样炼成的？这是一部关于理想与奋斗的小说，讲述了主人公在艰苦环境中成长的故事。",
@@ -86,16 +87,16 @@ def test_ids_identical_to_release(qwen, reference, tiktoken_qwen, text: str) -> 
 def test_digits_split_one_by_one_and_special_tokens_recognised(qwen) -> None:
     assert qwen.convert_ids_to_tokens(qwen.encode("2024")) == ["2", "0", "2", "4"]
     ids = qwen.encode("<|im_start|>user<|im_end|><|endoftext|>")
-    assert ids[0] == tk.IM_START_ID and ids[-2:] == [tk.IM_END_ID, tk.ENDOFTEXT_ID]
-    assert qwen.eos_token_id == tk.IM_END_ID and qwen.pad_token_id == tk.ENDOFTEXT_ID
-    assert qwen.bos_token is None and len(qwen) == tk.ENDOFTEXT_ID + 3
+    assert ids[0] == tq.IM_START_ID and ids[-2:] == [tq.IM_END_ID, tq.ENDOFTEXT_ID]
+    assert qwen.eos_token_id == tq.IM_END_ID and qwen.pad_token_id == tq.ENDOFTEXT_ID
+    assert qwen.bos_token is None and len(qwen) == tq.ENDOFTEXT_ID + 3
 
 
 def test_merges_identical_to_release(qwen) -> None:
     released = (
         shared_path("fixtures", "qwen1.5-tokenizer", "merges.txt").read_text(encoding="utf-8").splitlines()
     )
-    built = json.loads((tk.qwen_cache_dir() / "tokenizer.json").read_text(encoding="utf-8"))["model"][
+    built = json.loads((tq.qwen_cache_dir() / "tokenizer.json").read_text(encoding="utf-8"))["model"][
         "merges"
     ]
     assert [" ".join(pair) for pair in built] == released
@@ -108,12 +109,12 @@ def test_merge_recovery_matches_release_on_a_sample() -> None:
     released = (
         shared_path("fixtures", "qwen1.5-tokenizer", "merges.txt").read_text(encoding="utf-8").splitlines()
     )
-    ranks = tk.read_tiktoken_ranks(tk.qwen_tiktoken_path())
+    ranks = tq.read_tiktoken_ranks(tq.qwen_tiktoken_path())
     multi_byte = [token for token, _ in sorted(ranks.items(), key=lambda kv: kv[1]) if len(token) > 1]
     assert len(multi_byte) == len(released)
     byte_to_char = bytes_to_unicode()
     for index in range(0, len(multi_byte), 50):
-        left, right = tk._last_merge(multi_byte[index], ranks)
+        left, right = tq._last_merge(multi_byte[index], ranks)
         as_text = "".join(byte_to_char[b] for b in left) + " " + "".join(byte_to_char[b] for b in right)
         assert as_text == released[index]
 
@@ -186,7 +187,7 @@ def test_loaded_once_per_process_and_reused_from_cache(qwen, monkeypatch) -> Non
     def no_rebuild():
         raise AssertionError("the cached tokenizer folder was not reused")
 
-    monkeypatch.setattr(tk, "build_qwen_tokenizer", no_rebuild)
+    monkeypatch.setattr(tq, "build_qwen_tokenizer", no_rebuild)
     tk.load_tokenizer.cache_clear()
     try:
         again = tk.load_tokenizer()
@@ -206,16 +207,16 @@ class _SlowFake:
 
 def test_concurrent_builds_publish_one_whole_folder(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("STEELFORGE_CACHE", str(tmp_path))
-    monkeypatch.setattr(tk, "build_qwen_tokenizer", _SlowFake)
+    monkeypatch.setattr(tq, "build_qwen_tokenizer", _SlowFake)
     results: list[Path] = []
     threads = [
-        threading.Thread(target=lambda: results.append(tk.ensure_qwen_tokenizer_dir())) for _ in range(4)
+        threading.Thread(target=lambda: results.append(tq.ensure_qwen_tokenizer_dir())) for _ in range(4)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    target = tk.qwen_cache_dir()
+    target = tq.qwen_cache_dir()
     assert results == [target] * 4
     assert sorted(p.name for p in target.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
     assert json.loads((target / "tokenizer_config.json").read_text())["tokenizer_class"] == "Qwen2Tokenizer"
@@ -225,11 +226,11 @@ def test_concurrent_builds_publish_one_whole_folder(tmp_path, monkeypatch) -> No
 
 def test_cache_folder_follows_the_source_file(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("STEELFORGE_CACHE", str(tmp_path))
-    real = tk.qwen_cache_dir()
+    real = tq.qwen_cache_dir()
     edited = tmp_path / "qwen.tiktoken"
-    edited.write_bytes(tk.qwen_tiktoken_path().read_bytes() + b"IQ== 151643\n")
+    edited.write_bytes(tq.qwen_tiktoken_path().read_bytes() + b"IQ== 151643\n")
     monkeypatch.setattr(tk, "qwen_tiktoken_path", lambda: edited)
-    assert tk.qwen_cache_dir() != real and tk.qwen_cache_dir().name.startswith("qwen1.5-")
+    assert tq.qwen_cache_dir() != real and tq.qwen_cache_dir().name.startswith("qwen1.5-")
 
 
 def test_release_folder_loads_by_path(reference) -> None:
@@ -253,7 +254,7 @@ def test_incomplete_folder_names_missing_files(tmp_path) -> None:
 
 
 def test_vocab_compat(qwen) -> None:
-    tk.check_vocab_compat(qwen, tk.QWEN_VOCAB_SIZE_PADDED)
+    tk.check_vocab_compat(qwen, tq.QWEN_VOCAB_SIZE_PADDED)
     tk.check_vocab_compat(qwen, 151_646)
     with pytest.raises(SteelforgeError, match=r"32,000.*151,646"):
         tk.check_vocab_compat(qwen, 32_000)

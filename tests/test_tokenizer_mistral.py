@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from steelforge import tokenizer as tk
-from steelforge import tokenizer_mistral as tm
 from steelforge.errors import SteelforgeError
+from steelforge.tokenizers import mistral as tm
+from steelforge.tokenizers import registry as tk
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ SPECIAL_TEXTS = ("<s>", "</s>", "<unk>")
 
 @pytest.fixture(scope="module")
 def mistral():
-    return tk.load_tokenizer(tk.MISTRAL_NAME)
+    return tk.load_tokenizer(tm.MISTRAL_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -167,10 +167,10 @@ def test_built_once_then_reused_from_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(tm, "build_mistral_tokenizer", counting_build)
     tk.load_tokenizer.cache_clear()
     try:
-        first = tk.load_tokenizer(tk.MISTRAL_NAME)
-        assert tk.load_tokenizer(tk.MISTRAL_NAME) is first
+        first = tk.load_tokenizer(tm.MISTRAL_NAME)
+        assert tk.load_tokenizer(tm.MISTRAL_NAME) is first
         tk.load_tokenizer.cache_clear()
-        again = tk.load_tokenizer(tk.MISTRAL_NAME)
+        again = tk.load_tokenizer(tm.MISTRAL_NAME)
     finally:
         tk.load_tokenizer.cache_clear()
     assert len(builds) == 1 and again is not first
@@ -220,5 +220,5 @@ def test_moxin_recipe_names_it() -> None:
     from steelforge.recipe import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "moxin-7b" / "pretrain.yaml")
-    assert recipe.tokenizer == tk.MISTRAL_NAME
+    assert recipe.tokenizer == tm.MISTRAL_NAME
     assert recipe.model is not None and recipe.model.preset == "moxin-7b"

@@ -28,7 +28,7 @@ def generate_samples(
     from transformers.utils import logging as hf_logging
 
     from steelforge.models.loading import load_model
-    from steelforge.tokenizer import load_tokenizer
+    from steelforge.tokenizers import load_tokenizer
 
     hf_logging.disable_progress_bar()
     model_dir = Path(model_dir)

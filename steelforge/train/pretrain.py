@@ -106,7 +106,7 @@ def store_dirs(recipe: Any, cfg: PretrainConfig) -> list[Path]:
 def _phases(cfg: PretrainConfig) -> list[Any] | None:
     if not cfg.phases:
         return None
-    from steelforge.data.sampler import Phase
+    from steelforge.tokens.sampler import Phase
 
     return [Phase(until_tokens=p.until_tokens, seq_len=p.seq_len, mixture=p.mixture) for p in cfg.phases]
 
@@ -115,7 +115,7 @@ def build_loader(
     stores: list[Path], cfg: PretrainConfig, env: DistEnv, seed: int, grad_accum: int, tokenizer_fingerprint: str
 ) -> Any:
     """This rank's `TokenLoader`; it refuses stores packed with another tokenizer than the recipe's."""
-    from steelforge.data.loader import TokenLoader
+    from steelforge.tokens.loader import TokenLoader
 
     return TokenLoader(
         stores,
@@ -179,7 +179,7 @@ def pretrain_complete(recipe: Any) -> bool:
 def run_pretrain(recipe: Any) -> StageReport:
     """Train the recipe's model on its token stores; resumes from the newest checkpoint automatically."""
     from steelforge.models.flops import flops_per_token
-    from steelforge.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
     from steelforge.train.checkpoint import Checkpointer, StopSignal
     from steelforge.train.metrics import MetricsLogger, peak_flops
 

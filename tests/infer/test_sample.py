@@ -10,7 +10,7 @@ import torch
 from steelforge.errors import SteelforgeError
 from steelforge.infer.sample import generate_samples
 from steelforge.models.loading import load_model
-from steelforge.tokenizer import load_tokenizer
+from steelforge.tokenizers import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def fingerprint() -> str:
-    from steelforge.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     return tokenizer_fingerprint(load_tokenizer())
 
 
 def _store(path: Path, fingerprint: str, n_docs: int, seed: int) -> Path:
-    from steelforge.data.pack import write_token_store
+    from steelforge.tokens.pack import write_token_store
 
     rng = np.random.default_rng(seed)
     docs = []

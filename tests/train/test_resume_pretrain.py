@@ -38,7 +38,7 @@ def _tokenizer_dir(path: Path) -> Path:
 
 
 def _store(path: Path, fingerprint: str) -> Path:
-    from steelforge.data.store import Manifest, write_shard
+    from steelforge.tokens.store import Manifest, write_shard
 
     path.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -53,7 +53,7 @@ def _store(path: Path, fingerprint: str) -> Path:
 @pytest.fixture(scope="module")
 def recipe_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Recipes over the same tokenizer and store: the killed run's, the stopped run's, the reference's."""
-    from steelforge.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     root = tmp_path_factory.mktemp("pretrain_resume")
     tok_dir = _tokenizer_dir(root / "tokenizer")

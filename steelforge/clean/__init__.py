@@ -1,0 +1,1 @@
+"""Cleaning: raw documents -> kept + rejected (operator, statistic, bound) + errors, with dedup barriers."""

@@ -1,0 +1,408 @@
+"""`steelforge pack`: cleaned documents -> token ids -> a token store (see `store.py` for the format).
+
+Documents are tokenized in batches by the fast (Rust) tokenizer, in `num_workers` processes whose
+results are consumed in submission order, so the store is byte-identical for any worker count.
+Each document is preceded by the BOS token (tokenizers that add one, `pack.bos`), followed by the
+separator token and appended to its source's stream; a shard is
+written (atomically) every `shard_tokens` tokens. The store is built in `<output>.partial` and
+renamed into place when complete, so a crash never leaves a half-written store or shard behind,
+and re-running a complete store with the same inputs and settings is a no-op.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steelforge.errors import DataError, SteelforgeError
+from steelforge.reporting import StageReport, make_progress
+from steelforge.tokens.pack_config import PackConfig
+from steelforge.tokens.store import MANIFEST, Manifest, ShardInfo, shard_stem, write_shard
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+class StoreWriter:
+    """Appends documents' token ids to per-source streams and cuts them into fixed-size shards."""
+
+    def __init__(self, directory: Path, shard_tokens: int) -> None:
+        self.directory = Path(directory)
+        self.shard_tokens = shard_tokens
+        self.shards: list[ShardInfo] = []
+        self._buffers: dict[str, list[np.ndarray]] = {}
+        self._lengths: dict[str, int] = {}
+        self._starts: dict[str, list[int]] = {}
+        self._count: dict[str, int] = {}
+        self._stems: dict[str, str] = {}
+
+    def add(self, source: str, ids: np.ndarray) -> None:
+        """One document (separator included) at the end of `source`'s stream."""
+        if source not in self._buffers:
+            stem = shard_stem(source, 0)
+            if stem in self._stems:
+                raise DataError(
+                    f"sources '{self._stems[stem]}' and '{source}' map to the same shard names; rename one"
+                )
+            self._stems[stem] = source
+            self._buffers[source], self._lengths[source], self._starts[source], self._count[source] = (
+                [],
+                0,
+                [],
+                0,
+            )
+        self._starts[source].append(self._lengths[source])
+        self._buffers[source].append(ids)
+        self._lengths[source] += len(ids)
+        if self._lengths[source] >= self.shard_tokens:
+            self._flush(source, final=False)
+
+    def _flush(self, source: str, final: bool) -> None:
+        tokens = np.concatenate(self._buffers[source]) if self._buffers[source] else np.zeros(0, np.uint32)
+        starts = np.asarray(self._starts[source], dtype=np.int64)
+        size = self.shard_tokens
+        while len(tokens) >= size or (final and len(tokens)):
+            take = min(size, len(tokens))
+            here = starts[starts < take]
+            stem = shard_stem(source, self._count[source])
+            self.shards.append(write_shard(self.directory, stem, tokens[:take], here, source))
+            self._count[source] += 1
+            tokens, starts = tokens[take:], starts[starts >= take] - take
+        self._buffers[source] = [tokens] if len(tokens) else []
+        self._lengths[source] = len(tokens)
+        self._starts[source] = starts.tolist()
+
+    def close(self) -> list[ShardInfo]:
+        for source in list(self._buffers):
+            self._flush(source, final=True)
+        return self.shards
+
+
+def write_token_store(
+    directory: Path,
+    documents: Iterable[tuple[str, Any]],
+    *,
+    tokenizer_name: str,
+    tokenizer_fingerprint: str,
+    separator_token: str | None = None,
+    separator_id: int | None = None,
+    shard_tokens: int = 1 << 25,
+) -> Manifest:
+    """A store from already tokenized `(source, ids)` documents (ids used as given, separator
+    included) — for synthetic data and tests; `pack_documents` tokenizes text first."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = StoreWriter(directory, shard_tokens)
+    for source, ids in documents:
+        writer.add(source, np.asarray(ids, dtype=np.uint32))
+    manifest = Manifest(
+        tokenizer_name,
+        tokenizer_fingerprint,
+        separator_token,
+        separator_id,
+        shard_tokens,
+        writer.close(),
+        complete=True,
+    )
+    manifest.save(directory)
+    return manifest
+
+
+# ---- tokenizing ------------------------------------------------------------------------------------
+_WORKER_TOKENIZER: Any = None
+
+
+def _init_worker(tokenizer_json: str, threads: bool) -> None:
+    global _WORKER_TOKENIZER
+    if not threads:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+
+
+def _encode(texts: list[str]) -> list[np.ndarray]:
+    encodings = _WORKER_TOKENIZER.encode_batch_fast(texts, add_special_tokens=False)
+    return [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
+
+
+def encode_batches(
+    batches: Iterable[list[str]], tokenizer_json: str, num_workers: int
+) -> Iterator[list[np.ndarray]]:
+    """Token ids of each batch of texts, in input order, with `num_workers` processes (1: here)."""
+    if num_workers <= 1:
+        _init_worker(tokenizer_json, threads=True)
+        for texts in batches:
+            yield _encode(texts)
+        return
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(
+        num_workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer_json, False)
+    ) as pool:
+        pending: deque[Future] = deque()
+        for texts in batches:
+            pending.append(pool.submit(_encode, texts))
+            if len(pending) >= 2 * num_workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def resolve_separator(tokenizer: Any, value: str | None) -> str | None:
+    """`pack.separator` with `auto` resolved: <|im_end|> when the tokenizer has it (Qwen's ChatML tokenizers,
+    as Steel-LLM packs), else its EOS token."""
+    if value != "auto":
+        return value
+    if "<|im_end|>" in tokenizer.get_vocab():
+        return "<|im_end|>"
+    if tokenizer.eos_token is None:
+        raise DataError("pack.separator 'auto': the tokenizer has no EOS token; name a separator token or set null")
+    return str(tokenizer.eos_token)
+
+
+def resolve_bos(tokenizer: Any, value: bool | str) -> str | None:
+    """The BOS token to put before every document (`pack.bos`), or None. `auto`: the tokenizer's BOS when
+    encoding adds it (Llama/Mistral-style tokenizers), as the model saw it in its own pretraining."""
+    bos = tokenizer.bos_token
+    if value == "auto":
+        adds = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+        return str(bos) if adds else None
+    if value and bos is None:
+        raise DataError("pack.bos is true but the tokenizer has no BOS token; set pack.bos to auto or false")
+    return str(bos) if value else None
+
+
+def separator_id(tokenizer: Any, token: str | None) -> int | None:
+    """The id of the separator token, or a clear error when the tokenizer lacks it."""
+    if token is None:
+        return None
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if tid is None or tid == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(tid) != token:
+        raise DataError(
+            f"pack.separator '{token}' is not a token of the tokenizer; use one of its special tokens or null"
+        )
+    return int(tid)
+
+
+def pack_documents(
+    documents: Iterable[tuple[str, str]],
+    tokenizer: Any,
+    directory: Path,
+    *,
+    tokenizer_name: str,
+    tokenizer_fingerprint: str,
+    separator: str | None = "<|im_end|>",
+    bos: str | None = None,
+    shard_tokens: int = 1 << 25,
+    num_workers: int = 1,
+    batch_docs: int = 512,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Manifest:
+    """Tokenize `(source, text)` documents into a store in `directory` (manifest included).
+
+    `tokenizer` is a `PreTrainedTokenizerFast`; each document becomes `[bos] ids [separator]` (the tokens
+    given, see `resolve_bos`/`resolve_separator`); `on_batch(documents, tokens)` reports progress.
+    Empty documents are skipped (and not counted).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    sep = separator_id(tokenizer, separator)
+    bos_id = tokenizer.convert_tokens_to_ids(bos) if bos is not None else None
+    sep_arr = np.asarray([] if sep is None else [sep], dtype=np.uint32)
+    bos_arr = np.asarray([] if bos_id is None else [bos_id], dtype=np.uint32)
+    writer = StoreWriter(directory, shard_tokens)
+    sources_of_batch: deque[list[str]] = deque()
+
+    def batches() -> Iterator[list[str]]:
+        texts, sources = [], []
+        for source, text in documents:
+            if not text:
+                continue
+            texts.append(text)
+            sources.append(source)
+            if len(texts) >= batch_docs:
+                sources_of_batch.append(sources)
+                yield texts
+                texts, sources = [], []
+        if texts:
+            sources_of_batch.append(sources)
+            yield texts
+
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    for encoded in encode_batches(batches(), tokenizer_json, num_workers):
+        sources = sources_of_batch.popleft()
+        n_tokens = 0
+        for source, ids in zip(sources, encoded, strict=True):
+            doc = np.concatenate([bos_arr, ids, sep_arr]) if sep is not None or bos_id is not None else ids
+            writer.add(source, doc)
+            n_tokens += len(doc)
+        if on_batch is not None:
+            on_batch(len(sources), n_tokens)
+    manifest = Manifest(
+        tokenizer_name=tokenizer_name,
+        tokenizer_fingerprint=tokenizer_fingerprint,
+        separator_token=separator,
+        separator_id=sep,
+        shard_tokens=shard_tokens,
+        shards=writer.close(),
+        complete=True,
+        bos_token=bos,
+        bos_id=bos_id,
+    )
+    manifest.save(directory)
+    return manifest
+
+
+# ---- the stage -------------------------------------------------------------------------------------
+def resolve_inputs(recipe: Any) -> list[Path]:
+    """The pack inputs: `pack.inputs` globs, else the data stage's kept documents."""
+    cfg: PackConfig = recipe.pack or PackConfig()
+    if cfg.inputs:
+        files: list[Path] = []
+        for pattern in cfg.inputs:
+            matched = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
+            if not matched:
+                raise DataError(
+                    f"pack.inputs pattern '{pattern}' matches no file; fix the glob or run the data stage first"
+                )
+            files += matched
+        return files
+    clean_dir = recipe.stage_dir("data")
+    kept = clean_dir / "kept"  # the data stage's layout (see steelforge.clean.pipeline)
+    if not (clean_dir / "_SUCCESS").is_file():
+        raise DataError(
+            f"no finished data stage output in '{clean_dir}'; run `steelforge clean` first or set pack.inputs to globs of documents"
+        )
+    files = sorted(kept.glob("*.jsonl.zst"))
+    if not files:
+        raise DataError(
+            f"the data stage kept no documents in '{kept}'; loosen its filters or set pack.inputs"
+        )
+    return files
+
+
+def iter_documents(
+    files: list[Path], cfg: PackConfig, on_file: Callable[[Path], None] | None = None
+) -> Iterator[tuple[str, str]]:
+    """`(source, text)` of every record; the source is the record's `source_field` or the file name."""
+    from steelforge.clean.io import file_stem, iter_records
+
+    for path in files:
+        default_source = file_stem(path)
+        for record in iter_records(path):
+            text = record.get(cfg.text_field)
+            if text is None:
+                raise DataError(
+                    f"a record in '{path}' has no '{cfg.text_field}' field; set pack.text_field to the text field"
+                )
+            source = record.get(cfg.source_field) or default_source
+            yield str(source), str(text)
+        if on_file is not None:
+            on_file(path)
+
+
+def pack_fingerprint(recipe: Any, files: list[Path]) -> str:
+    """What a store depends on: pack settings (not the worker count), tokenizer, input files."""
+    cfg: PackConfig = recipe.pack or PackConfig()
+    settings = cfg.model_dump(mode="json", exclude={"num_workers", "output"})
+    inputs = [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
+    blob = json.dumps({"pack": settings, "tokenizer": recipe.tokenizer, "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pack_complete(recipe: Any) -> bool:
+    """True when the store exists, is complete and was built from the same inputs and settings."""
+    manifest_path = recipe.stage_dir("pack") / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = resolve_inputs(recipe)
+    except (OSError, json.JSONDecodeError, SteelforgeError):
+        return False
+    return bool(raw.get("complete")) and raw.get("extra", {}).get("pack_fingerprint") == pack_fingerprint(
+        recipe, files
+    )
+
+
+def _prepare_output(out: Path) -> Path:
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise DataError(
+            f"pack output '{out}' exists and is not a token store; choose another pack.output or empty it"
+        )
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def run_pack(recipe: Any) -> StageReport:
+    """Tokenize and pack the recipe's documents into `recipe.stage_dir("pack")`."""
+    from rich.progress import TextColumn
+
+    from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
+
+    cfg: PackConfig = recipe.pack or PackConfig()
+    files = resolve_inputs(recipe)
+    tokenizer = load_tokenizer(recipe.tokenizer)
+    out = recipe.stage_dir("pack")
+    partial = _prepare_output(out)
+    total_bytes = sum(p.stat().st_size for p in files)
+    counts = {"docs": 0, "tokens": 0}
+    start = time.perf_counter()
+    with make_progress(TextColumn("{task.fields[rate]}")) as progress:
+        task = progress.add_task("pack (input bytes)", total=total_bytes, rate="")
+
+        def on_batch(docs: int, tokens: int) -> None:
+            counts["docs"] += docs
+            counts["tokens"] += tokens
+            rate = counts["tokens"] / max(time.perf_counter() - start, 1e-9)
+            progress.update(task, rate=f"{counts['tokens']:,} tokens, {rate:,.0f} tokens/s")
+
+        manifest = pack_documents(
+            iter_documents(files, cfg, on_file=lambda p: progress.advance(task, p.stat().st_size)),
+            tokenizer,
+            partial,
+            tokenizer_name=str(recipe.tokenizer),
+            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+            separator=resolve_separator(tokenizer, cfg.separator),
+            bos=resolve_bos(tokenizer, cfg.bos),
+            shard_tokens=cfg.shard_tokens,
+            num_workers=cfg.num_workers,
+            batch_docs=cfg.batch_docs,
+            on_batch=on_batch,
+        )
+    manifest.extra = {"pack_fingerprint": pack_fingerprint(recipe, files), "inputs": [str(p) for p in files]}
+    manifest.save(partial)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, out)
+    seconds = time.perf_counter() - start
+    report = StageReport(stage="pack")
+    report.add("input files", len(files))
+    report.add("documents", counts["docs"])
+    report.add("tokens", counts["tokens"])
+    report.add("tokens/s", round(counts["tokens"] / max(seconds, 1e-9)))
+    for source, shards in _by_source(manifest.shards).items():
+        report.add(f"source {source}", f"{sum(s.tokens for s in shards):,} tokens in {len(shards)} shard(s)")
+    report.outputs["store"] = out
+    return report
+
+
+def _by_source(shards: list[ShardInfo]) -> dict[str, list[ShardInfo]]:
+    out: dict[str, list[ShardInfo]] = {}
+    for s in shards:
+        out.setdefault(s.source, []).append(s)
+    return out
