@@ -10,8 +10,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from steelforge.clean import synthetic
 
+from steelforge.clean import synthetic
 from steelforge.clean.synthetic import NOISE_DESCRIPTIONS, NOISE_KINDS, generate_documents, write_corpus
 
 SOURCES = {"synthetic-zh", "synthetic-en", "synthetic-code"}

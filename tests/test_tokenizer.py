@@ -229,7 +229,7 @@ def test_cache_folder_follows_the_source_file(tmp_path, monkeypatch) -> None:
     real = tq.qwen_cache_dir()
     edited = tmp_path / "qwen.tiktoken"
     edited.write_bytes(tq.qwen_tiktoken_path().read_bytes() + b"IQ== 151643\n")
-    monkeypatch.setattr(tk, "qwen_tiktoken_path", lambda: edited)
+    monkeypatch.setattr(tq, "qwen_tiktoken_path", lambda: edited)
     assert tq.qwen_cache_dir() != real and tq.qwen_cache_dir().name.startswith("qwen1.5-")
 
 

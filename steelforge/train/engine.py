@@ -26,10 +26,18 @@ from steelforge.train.distributed import autocast_context
 
 
 class LossOutput(NamedTuple):
-    """What an objective returns for one micro-batch: the summed loss and the number of tokens in it."""
+    """What an objective returns for one micro-batch: the summed loss and the number of tokens in it.
+
+    `metrics` are the objective's own per-micro-batch numbers (e.g. DPO's `rewards/accuracies`): the engine
+    averages them over the step's micro-batches and the ranks and logs them with its own.
+    """
 
     loss_sum: Tensor
     num_tokens: Tensor
+    metrics: dict[str, Tensor | float] | None = None
+
+
+_ENGINE_KEYS = frozenset({"loss", "lr", "grad_norm", "finite", "valid_tokens"})
 
 
 class TrainingDiverged(SteelforgeError):
@@ -67,6 +75,18 @@ def _all_reduce_sum(t: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def _all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """Average per-rank metrics over the ranks (every rank must report the same keys, in any order)."""
+    if not values or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist(), strict=True)}
 
 
 def _full(t: Tensor) -> Tensor:
@@ -157,6 +177,7 @@ class Trainer:
         if self.batches is None:
             self.batches = iter(self.batch_source)
         step_tokens = int(self.tokens_per_step())
+        extra: dict[str, float] = {}
         for _ in range(self.cfg.grad_accum):
             batch = next(self.batches)
             with autocast_context(self.model, self.cfg.precision, self.cfg.device):
@@ -164,6 +185,9 @@ class Trainer:
             out.loss_sum.backward()
             loss_total += out.loss_sum.detach().double()
             tokens += out.num_tokens.detach().double()
+            for key, value in (out.metrics or {}).items():
+                extra[key] = extra.get(key, 0.0) + float(value) / self.cfg.grad_accum
+        extra = _all_reduce_mean(extra)
         stats = _all_reduce_sum(torch.stack([loss_total, tokens]))
         global_tokens = max(float(stats[1]), 1.0)
         # FSDP averages gradients over ranks; plain single-process gradients are a plain sum.
@@ -188,7 +212,14 @@ class Trainer:
         self.counters["step"] += 1
         self.counters["tokens"] += step_tokens
         self._last_step_tokens = step_tokens
-        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "finite": float(finite), "valid_tokens": global_tokens}
+        return {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "finite": float(finite),
+            "valid_tokens": global_tokens,
+            **extra,
+        }
 
     def _scale_and_clip(self, scale: float) -> float:
         """Normalise the summed gradients by `scale` and clip them in one pass; returns the scaled global norm.
@@ -281,6 +312,7 @@ class Trainer:
             "skipped": float(self.counters["skipped"]),
             "step_time_s": dt,
         }
+        metrics.update({k: v for k, v in last.items() if k not in _ENGINE_KEYS})
         if self.cfg.flops_per_token and self.cfg.peak_flops:
             metrics["mfu"] = tps_device * self.cfg.flops_per_token / self.cfg.peak_flops
         return metrics

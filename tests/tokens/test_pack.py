@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from steelforge.tokens import pack as pack_module
 
 from steelforge.errors import DataError
 from steelforge.recipe import recipe_from_dict
+from steelforge.tokens import pack as pack_module
 from steelforge.tokens.pack import pack_complete, pack_documents, run_pack
 from steelforge.tokens.store import MANIFEST, TokenStore
 
