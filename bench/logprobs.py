@@ -6,13 +6,14 @@ tensor [1, T, d] (d = 256) and the head a bias-free `nn.Linear(d, V)`, so both p
 Every position but the first is scored (the worst case for the chunked path).
 
 Two modes: `forward` (no grad, as the reference and old-policy log-probs are computed) and `train` (forward and
-backward of the summed log-probs, gradients for the hidden states and the head weight). Each (path, mode) runs in
-its own process: one warm-up step, one step whose peak extra RSS is read (VmHWM reset through
-/proc/self/clear_refs, as bench/train_step.py does; on CUDA `max_memory_allocated`), then timed steps (median).
+backward of the summed log-probs, gradients for the hidden states and the head weight). Memory: each (path, mode)
+in its own process, one warm-up step, then one step whose peak extra RSS is read (VmHWM reset through
+/proc/self/clear_refs, as bench/train_step.py does; on CUDA `max_memory_allocated`). Time: both paths in one
+process, alternating step by step for `--rounds` rounds; the ratio is the median of the per-round ratios.
 Goals: peak extra memory of `token_logps` <= 1/4 of one full fp32 logits tensor, time <= 1.2x the plain path.
 
     python bench/logprobs.py                     # CPU, V 151,936, seq 1024, batch 1, d 256 (1-2 min on 2 cores)
-    python bench/logprobs.py --steps 5 --chunk 256
+    python bench/logprobs.py --rounds 5 --chunk 256
 """
 
 from __future__ import annotations
@@ -61,44 +62,60 @@ def plain_logps(model: HeadOnly, ids: torch.Tensor, mask: torch.Tensor) -> torch
     return torch.cat([torch.zeros_like(picked[:, :1]), picked * mask[:, 1:]], dim=1)
 
 
-def probe(path: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def setup(args: argparse.Namespace) -> tuple[HeadOnly, torch.Tensor, torch.Tensor, torch.device]:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.gpu else "cpu")
     gen = torch.Generator().manual_seed(0)
     model = HeadOnly(torch.randn(args.batch, args.seq, args.hidden, generator=gen), args.vocab).to(device)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(device)
-    mask = torch.ones_like(ids)
+    return model, ids, torch.ones_like(ids), device
 
+
+def make_step(path: str, mode: str, model: HeadOnly, ids: torch.Tensor, mask: torch.Tensor, chunk: int):
     def step() -> None:
         model.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(mode == "train"):
-            if path == "chunked":
-                out = token_logps(model, ids, None, mask, chunk_size=args.chunk)
-            else:
-                out = plain_logps(model, ids, mask)
+            out = token_logps(model, ids, None, mask, chunk_size=chunk) if path == "chunked" else plain_logps(
+                model, ids, mask
+            )
             if mode == "train":
                 out.sum().backward()
-        if device.type == "cuda":
+        if ids.is_cuda:
             torch.cuda.synchronize()
 
+    return step
+
+
+def memory_probe(path: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak extra memory of one step after a warm-up step (whose head gradient is still held: both paths)."""
+    model, ids, mask, device = setup(args)
+    step = make_step(path, mode, model, ids, mask, args.chunk)
     step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         step()
-        peak_extra = torch.cuda.max_memory_allocated(device) - base
-    else:
-        base, _ = _rss_bytes()
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
-        step()
-        peak_extra = _rss_bytes()[1] - base
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {"path": path, "mode": mode, "peak_extra_bytes": peak_extra, "median_s": statistics.median(times),
-            "times_s": times}  # fmt: skip
+        return {"peak_extra_bytes": torch.cuda.max_memory_allocated(device) - base}
+    base, _ = _rss_bytes()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
+    step()
+    return {"peak_extra_bytes": _rss_bytes()[1] - base}
+
+
+def timings(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Both paths in one process, alternating round by round (the shared machine's speed drifts)."""
+    model, ids, mask, _ = setup(args)
+    steps = {path: make_step(path, mode, model, ids, mask, args.chunk) for path in ("chunked", "plain")}
+    for step in steps.values():
+        step()  # warm-up
+    times: dict[str, list[float]] = {"chunked": [], "plain": []}
+    for _ in range(args.rounds):
+        for path, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[path].append(time.perf_counter() - start)
+    ratios = [c / p for c, p in zip(times["chunked"], times["plain"], strict=True)]
+    return {"times_s": times, "round_ratios": ratios}
 
 
 def parse_args() -> argparse.Namespace:
@@ -108,7 +125,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="rows per head chunk of token_logps")
-    p.add_argument("--steps", type=int, default=2, help="timed steps per (path, mode), median reported")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (one step of each path), median reported")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
     p.add_argument("--gpu", action="store_true", help="run on one CUDA GPU (memory from the CUDA allocator)")
@@ -120,40 +137,40 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.probe:
-        print(json.dumps(probe(*args.probe, args)))
+        print(json.dumps(memory_probe(*args.probe, args)))
         return
-    passthrough = [f"--{k}={getattr(args, k)}" for k in ("vocab", "seq", "batch", "hidden", "chunk", "steps", "threads")]
+    passthrough = [f"--{k}={getattr(args, k)}" for k in ("vocab", "seq", "batch", "hidden", "chunk", "threads")]
     passthrough += ["--gpu"] if args.gpu else []
     logits_bytes = args.batch * args.seq * args.vocab * 4
     print(f"V={args.vocab} seq={args.seq} batch={args.batch} d={args.hidden} chunk={args.chunk} "
           f"threads={args.threads}; one fp32 logits tensor = {logits_bytes / 2**20:.0f} MiB")  # fmt: skip
     rows = []
     for mode in args.modes:
-        result = {}
+        peak = {}
         for path in ("chunked", "plain"):
             cmd = [sys.executable, __file__, "--probe", path, mode, *passthrough]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            result[path] = json.loads(done.stdout.strip().splitlines()[-1])
-        chunked, plain = result["chunked"], result["plain"]
+            peak[path] = json.loads(done.stdout.strip().splitlines()[-1])["peak_extra_bytes"]
+        timed = timings(mode, args)
         row = {
             "mode": mode,
-            "chunked_peak_mib": chunked["peak_extra_bytes"] / 2**20,
-            "plain_peak_mib": plain["peak_extra_bytes"] / 2**20,
-            "chunked_peak_over_logits": chunked["peak_extra_bytes"] / logits_bytes,
-            "chunked_s": chunked["median_s"],
-            "plain_s": plain["median_s"],
-            "time_ratio": chunked["median_s"] / plain["median_s"],
-            "chunked_times_s": chunked["times_s"],
-            "plain_times_s": plain["times_s"],
+            "chunked_peak_mib": peak["chunked"] / 2**20,
+            "plain_peak_mib": peak["plain"] / 2**20,
+            "chunked_peak_over_logits": peak["chunked"] / logits_bytes,
+            "chunked_s": statistics.median(timed["times_s"]["chunked"]),
+            "plain_s": statistics.median(timed["times_s"]["plain"]),
+            "time_ratio": statistics.median(timed["round_ratios"]),
+            **timed,
         }
         rows.append(row)
         mem_ok = "ok" if row["chunked_peak_over_logits"] <= 0.25 else "MISSED"
         time_ok = "ok" if row["time_ratio"] <= 1.2 else "MISSED"
+        ratios = ", ".join(f"{r:.2f}" for r in row["round_ratios"])
         print(
             f"{mode:8s} peak extra: token_logps {row['chunked_peak_mib']:.0f} MiB, plain {row['plain_peak_mib']:.0f} "
-            f"MiB; token_logps / one logits tensor = {row['chunked_peak_over_logits']:.3f} (goal <= 0.25: {mem_ok}) | "
-            f"median time: token_logps {row['chunked_s']:.3f} s, plain {row['plain_s']:.3f} s; "
-            f"ratio {row['time_ratio']:.2f} (goal <= 1.2: {time_ok})"
+            f"MiB; token_logps / one logits tensor = {row['chunked_peak_over_logits']:.3f} (goal <= 0.25: {mem_ok})\n"
+            f"{'':8s} median time: token_logps {row['chunked_s']:.3f} s, plain {row['plain_s']:.3f} s; per-round "
+            f"ratios [{ratios}], median {row['time_ratio']:.2f} (goal <= 1.2: {time_ok})"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
