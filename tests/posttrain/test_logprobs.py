@@ -191,3 +191,29 @@ def test_no_scored_positions_and_bad_shapes() -> None:
     assert out.shape == ids.shape and not out.any()
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         token_logps(model, ids, attention, torch.ones(3, 4, dtype=torch.long))
+
+
+def test_forward_hidden_is_used_when_it_can_take_the_batch() -> None:
+    """FSDP models score through `forward_hidden`; with padding only when it accepts an attention mask."""
+    import types
+
+    model = _qwen2()
+    calls: list[str] = []
+
+    def plain(self, input_ids, position_ids=None):
+        calls.append("plain")
+        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+
+    def masked(self, input_ids, position_ids=None, attention_mask=None):
+        calls.append("masked")
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state  # fmt: skip
+
+    ids, attention, completion, _ = _batch("right")
+    expected = token_logps(model, ids, attention, completion)
+    model.forward_hidden = types.MethodType(plain, model)
+    torch.testing.assert_close(token_logps(model, ids, torch.ones_like(ids), completion), expected)
+    torch.testing.assert_close(token_logps(model, ids, attention, completion), expected)  # falls back to .model
+    model.forward_hidden = types.MethodType(masked, model)
+    torch.testing.assert_close(token_logps(model, ids, attention, completion), expected)
+    assert calls == ["plain", "masked"]
