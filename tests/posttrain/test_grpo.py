@@ -297,7 +297,7 @@ def test_tiny_model_learns_the_answer_format_on_cpu(tmp_path):
         RewardSpec(name="format", weight=0.5, kwargs={"pattern": r"\d+"}),
     ]
     cfg = make_cfg(tmp_path, num_generations=8, per_device_batch_size=64, grad_accum=1, rewards=rewards,
-                   max_steps=12, temperature=1.0, loss_type="dapo")  # fmt: skip
+                   max_steps=30, temperature=1.0, loss_type="dapo")  # fmt: skip
     model = tiny_model(seed=1)
     _sft(model, tok, ALL_PAIRS, steps=250, good_share=0.3)
     held = load_prompts(held_path, tok, reward_names=["math_verify"], chat_template=False)
@@ -305,7 +305,7 @@ def test_tiny_model_learns_the_answer_format_on_cpu(tmp_path):
     before = evaluate(model)["eval_reward"]
 
     batches = make_batches(model, tok, cfg, train_path, seed=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
     trainer = Trainer(model, grpo_objective(cfg), batches, TrainerConfig(max_steps=cfg.max_steps, clip_grad_norm=1.0),
                       optimizer=opt, scheduler=constant_scheduler(opt))  # fmt: skip
     t0 = time.perf_counter()
@@ -318,8 +318,9 @@ def test_tiny_model_learns_the_answer_format_on_cpu(tmp_path):
     print(f"held-out reward {before:.3f} -> {after:.3f}; train reward {train_rewards[0]:.3f} -> "
           f"{train_rewards[-1]:.3f}; {elapsed:.1f} s")  # fmt: skip
     assert before < 0.8, "the warm start must leave room to learn"
-    assert after >= before + 0.15
-    assert train_rewards[-1] > train_rewards[0]
+    assert after >= before + 0.2
+    assert sum(train_rewards[-5:]) / 5 > sum(train_rewards[:5]) / 5
+    assert elapsed < 90
 
 
 # ---- the stage: CLI, SIGKILL, resume -------------------------------------------------------------
