@@ -146,10 +146,17 @@ def generate(
 
     device = _model_device(model)
     stop = torch.as_tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
-    input_ids, mask = left_pad(prompts, pad_token_id, device)
+    # Identical prompts (GRPO's G rollouts of one prompt) are prefilled once; their cache rows are then copied.
+    unique: dict[tuple[int, ...], int] = {}
+    source = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+    distinct = [list(p) for p in unique]
+    expand = torch.as_tensor(source, dtype=torch.long, device=device) if len(distinct) < n else None
+    input_ids, mask = left_pad(distinct, pad_token_id, device)
     # positions count real tokens only, so a left-padded prompt sees the same RoPE angles as unpadded
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     next_pos = positions[:, -1] + 1
+    if expand is not None:
+        next_pos = next_pos[expand]
     cache = _new_cache(model)
     kw = _cache_kw(model)
     active = torch.arange(n, device=device)  # original row index of every batch row
@@ -171,9 +178,11 @@ def generate(
         )
         steps += 1
         cache = out[kw] if out.get(kw) is not None else cache
-        tokens = sample_next(
-            out.logits[:, -1, :], temperature=temperature, top_p=top_p, top_k=top_k, generator=generator
-        )
+        logits = out.logits[:, -1, :]
+        if t == 0 and expand is not None:
+            cache.batch_select_indices(expand)
+            mask, logits = mask[expand], logits[expand]
+        tokens = sample_next(logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
         done = torch.isin(tokens, stop) if stop.numel() else torch.zeros_like(tokens, dtype=torch.bool)
         token_list = tokens.tolist()
         rows = active.tolist()

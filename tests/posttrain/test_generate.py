@@ -201,3 +201,27 @@ def test_edge_cases():
     assert zero.sequences == [[]] and zero.finish_reasons == ["length"]
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, [[]], max_new_tokens=4, stop_token_ids=[2], pad_token_id=PAD)
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"), [("tiny-steel", {"softmoe_dispatch": "causal"}), ("tiny-moxin", {})]
+)
+def test_repeated_prompts_share_one_prefill(preset, overrides):
+    """GRPO's G copies of a prompt are prefilled once and the cache rows copied: same tokens as uncached."""
+    model = _model(preset, seed=13, **overrides)
+    a, b = _prompts([6, 3], seed=14)
+    prompts = [a, a, b, a, b]
+    result = generate(model, prompts, max_new_tokens=8, stop_token_ids=[], pad_token_id=PAD)
+    for prompt, seq in zip(prompts, result.sequences, strict=True):
+        assert seq == _uncached_greedy(model, prompt, 8, set())
+    assert result.prompt_tokens == 3 * 6 + 2 * 3
+    sampled = generate(
+        model,
+        [a] * 4,
+        max_new_tokens=8,
+        temperature=1.0,
+        stop_token_ids=[],
+        pad_token_id=PAD,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert len({tuple(s) for s in sampled.sequences}) > 1  # copies sample independently
