@@ -52,6 +52,8 @@ class Recipe(StrictModel):
     def _cross_checks(self) -> Recipe:
         if self.pretrain is not None and self.model is None:
             raise ValueError("the pretrain stage needs a 'model:' section (e.g. model: {preset: tiny-steel})")
+        if self.grpo is not None and self.grpo.model is None and self.model is None:
+            raise ValueError("the grpo stage needs grpo.model (a preset, an HF folder or a stage name) or a 'model:' section")
         return self
 
     # ---- paths -----------------------------------------------------------------------------------

@@ -340,7 +340,8 @@ def grpo_objective(cfg: GRPOConfig) -> Callable[[nn.Module, dict[str, Any]], Los
         mask = cm.float()
         with torch.no_grad():
             metrics["entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1.0))
-        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        # every micro-batch (and rank) reports the same keys; an undefined value (no tokens) counts as 0
+        metrics = {k: (v if math.isfinite(v) else 0.0) for k, v in metrics.items()}
         metrics.update(batch.get("stats", {}))
         return LossOutput(loss, torch.tensor(weight, dtype=torch.float64, device=loss.device), metrics)
 

@@ -428,3 +428,37 @@ def test_grpo_cli_resumes_after_sigkill_with_same_prompts_and_losses(tmp_path):
     p = _cli(reference)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err[-2000:]
+
+
+# ---- recipe and CLI ------------------------------------------------------------------------------
+def test_recipe_section_validates_with_one_sentence_errors(tmp_path):
+    from steelforge.errors import RecipeError
+    from steelforge.recipe import STAGES, recipe_from_dict
+
+    assert STAGES.index("grpo") > STAGES.index("pretrain")
+    ok = recipe_from_dict({"model": {"preset": "tiny-steel"}, "grpo": {"prompts": "p.jsonl"}})
+    assert ok.stages() == ["grpo"] and ok.grpo.loss_type == "dapo" and ok.grpo.beta == 0.0
+    with pytest.raises(RecipeError, match="not a multiple of num_generations"):
+        recipe_from_dict(
+            {"model": {"preset": "tiny-steel"}, "grpo": {"prompts": "p", "per_device_batch_size": 6}}
+        )
+    with pytest.raises(RecipeError, match=r"grpo stage needs grpo\.model"):
+        recipe_from_dict({"grpo": {"prompts": "p.jsonl"}})
+    with pytest.raises(RecipeError, match=r"unknown key 'grpo\.epsilonn'"):
+        recipe_from_dict({"model": {"preset": "tiny-steel"}, "grpo": {"prompts": "p", "epsilonn": 0.2}})
+
+
+def test_unknown_reward_is_a_clear_error():
+    from steelforge.posttrain.errors import RewardError
+
+    with pytest.raises(RewardError, match="unknown reward 'mathverify'"):
+        RewardScorer([RewardSpec(name="mathverify")])
+
+
+def test_cli_help_has_examples():
+    from typer.testing import CliRunner
+
+    from steelforge.cli import app
+
+    result = CliRunner().invoke(app, ["grpo", "--help"])
+    assert result.exit_code == 0 and "steelforge grpo recipes/moxin-7b/grpo.yaml" in result.output
