@@ -167,6 +167,11 @@ class RolloutBatches:
         self.served = 0
         self.rollouts = 0
         self.last_rollout: dict[str, Any] = {}
+        self.tokens_per_micro_batch = 0.0
+
+    def tokens_per_step(self) -> int:
+        """Prompt + completion tokens one optimizer step trains on, over all ranks (from the latest rollout)."""
+        return round(self.tokens_per_micro_batch * self.cfg.grad_accum * self.world_size)
 
     # -- state
     def state_dict(self) -> dict[str, Any]:
@@ -178,6 +183,7 @@ class RolloutBatches:
             "served": self.served,
             "rollouts": self.rollouts,
             "reward_errors": dict(self.scorer.errors),
+            "tokens_per_micro_batch": self.tokens_per_micro_batch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -186,6 +192,7 @@ class RolloutBatches:
         self.buffer, self.served = state["buffer"], int(state["served"])
         self.rollouts = int(state["rollouts"])
         self.scorer.errors = Counter(state.get("reward_errors", {}))
+        self.tokens_per_micro_batch = float(state.get("tokens_per_micro_batch", 0.0))
 
     # -- prompt order
     def _order(self, epoch: int) -> list[int]:
@@ -275,6 +282,7 @@ class RolloutBatches:
             mb["num_items"] = num_items / self.world_size
             batches.append(mb)
         self._extra_logps(batches)
+        self.tokens_per_micro_batch = sum(int(mb["attention_mask"].sum()) for mb in batches) / len(batches)
         for mb in batches:
             mb["stats"] = stats
         self.rollouts += 1
@@ -523,7 +531,7 @@ def run_grpo(recipe: Any) -> StageReport:
         export_final=cfg.checkpoint.export_final,
         val_every=cfg.val_every,
         precision=cfg.speed.precision,
-        tokens_per_step=rows_per_step,  # "tokens" here counts completions trained on
+        tokens_per_step=rows_per_step * cfg.max_completion_length,  # upper bound; the real count comes below
         resume=cfg.checkpoint.resume,
         device=env.device,
     )
@@ -552,6 +560,7 @@ def run_grpo(recipe: Any) -> StageReport:
                 eval_fn=eval_fn,
                 export_fn=export,
                 stop_signal=stop,
+                tokens_per_step=batches.tokens_per_step,
             )
             summary = trainer.fit()
         metrics.plot()

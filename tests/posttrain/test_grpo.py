@@ -462,3 +462,57 @@ def test_cli_help_has_examples():
 
     result = CliRunner().invoke(app, ["grpo", "--help"])
     assert result.exit_code == 0 and "steelforge grpo recipes/moxin-7b/grpo.yaml" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stage_on_steel_with_chat_template_and_choice_reward(tmp_path):
+    """The stage end to end on Steel's causal Soft-MoE with Qwen's ChatML template, `<|im_end|>` stops and the
+    choice reward (beta > 0: a frozen reference)."""
+    from steelforge.posttrain.grpo import run_grpo
+    from steelforge.recipe import recipe_from_dict
+
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"第{i}题：选哪个？A. 1 B. 2 C. 3 D. 4"}],
+            "answer": "ABCD"[i % 4],
+        }
+        for i in range(6)
+    ]
+    path = tmp_path / "choice.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    recipe = recipe_from_dict(
+        {
+            "out_dir": str(tmp_path / "run"),
+            "tokenizer": "qwen1.5",
+            "model": {
+                "preset": "tiny-steel",
+                "overrides": {
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "num_key_value_heads": 1,
+                },
+            },
+            "grpo": {
+                "prompts": str(path),
+                "rewards": [{"name": "choice"}],
+                "num_generations": 4,
+                "per_device_batch_size": 8,
+                "max_completion_length": 6,
+                "beta": 0.001,
+                "max_steps": 2,
+                "tensorboard": False,
+                "checkpoint": {"every": 1},
+            },
+        }
+    )
+    report = run_grpo(recipe)
+    out = tmp_path / "run" / "grpo"
+    assert (out / "hf" / "config.json").is_file() and (out / "reward.png").is_file()
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2]
+    assert all(r["kl"] >= 0 and r["rewards/choice/mean"] >= 0 for r in recs)
+    assert recs[1]["tokens_per_s"] > 0
+    assert dict(report.rows)["rollout backend"] == "hf"
