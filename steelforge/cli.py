@@ -193,6 +193,41 @@ def sample(
     print_samples(prompts, outputs)
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoints/step_N folder, a checkpoints/ folder (newest step) or an hf/ folder.")],
+    out_dir: Annotated[str, typer.Argument(help="Folder to write the released model into (replaced atomically).")],
+    max_shard_size: Annotated[str, typer.Option(help="Split safetensors above this size (e.g. 2GB, 500MB).")] = "2GB",
+    dtype: Annotated[str, typer.Option(help="Weights dtype: fp32, bf16 or fp16.")] = "fp32",
+    run_dir: Annotated[str | None, typer.Option(help="The run folder the model card reads (default: guessed).")] = None,
+    license_id: Annotated[str, typer.Option("--license", help="License id of the weights for the card.")] = "apache-2.0",
+) -> None:
+    """Release a checkpoint as a Hugging Face folder with a model card built from the run's reports.
+
+    Examples:
+
+      steelforge export runs/demo/pretrain/checkpoints runs/demo/release
+
+      steelforge export runs/demo/pretrain/hf runs/demo/release --dtype bf16 --max-shard-size 500MB
+    """
+    from steelforge.export.hf import export_checkpoint
+
+    result = export_checkpoint(
+        checkpoint, out_dir, max_shard_size=max_shard_size, run_dir=run_dir, dtype=dtype, license_id=license_id
+    )
+    print_table(
+        f"exported to {result.out_dir}",
+        ["", ""],
+        [
+            ("source", f"{result.source.kind}: {result.source.path}"),
+            ("run folder", str(result.source.run_dir or "not found (card without run reports)")),
+            ("parameters", f"{result.parameters:,}"),
+            ("stop token ids", str(result.stop_token_ids)),
+            ("files", ", ".join(result.files)),
+        ],
+    )
+
+
 @app.command("validate")
 def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Check a recipe without running anything and print it fully resolved.
