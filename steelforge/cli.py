@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -226,6 +226,61 @@ def export_cmd(
             ("files", ", ".join(result.files)),
         ],
     )
+
+
+def _sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int) -> Any:
+    from steelforge.infer.chat import Sampling
+
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
+        raise SteelforgeError(
+            "sampling options out of range: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --max-new-tokens >= 1"
+        )
+    return Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+
+
+@app.command("chat")
+def chat_cmd(
+    model_dir: Annotated[str, typer.Argument(help="An exported model folder (steelforge export, or a stage's hf/).")],
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="One-shot: answer this prompt (repeatable) as JSONL.")] = None,
+    prompts_file: Annotated[str | None, typer.Option(help="One-shot: a JSONL ({\"prompt\": ...}) or text file of prompts.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="One-shot: write the JSONL answers here (default stdout).")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    chat_template: Annotated[str | None, typer.Option(help="Jinja chat template (or a file) replacing the tokenizer's.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="No chat template: the model continues your text as is.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.9,
+    top_k: Annotated[int, typer.Option(help="Sample among the k likeliest tokens (0 = off).")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    int8: Annotated[bool, typer.Option("--int8", help="Dynamic int8 quantisation of the Linear layers (CPU).")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+) -> None:
+    """Talk to a model in the terminal (streamed, multi-turn), or answer prompts in one shot as JSONL.
+
+    In the chat: /reset, /system TEXT, /save PATH, /exit.
+
+    Examples:
+
+      steelforge chat runs/demo/release
+
+      steelforge chat runs/demo/release --system "Answer briefly." --temperature 0 --int8
+
+      steelforge chat runs/demo/release -p "What is 2+3?" -p "Name a prime." --temperature 0
+
+      steelforge chat runs/moxin/release --raw --prompts-file prompts.jsonl -o answers.jsonl
+    """
+    from pathlib import Path
+
+    from steelforge.infer.chat import ChatSession, interactive, one_shot, read_prompts_file, write_jsonl
+    from steelforge.infer.generation import load_for_inference
+
+    sampling = _sampling(max_new_tokens, temperature, top_p, top_k, seed)
+    prompts = list(prompt or []) + (read_prompts_file(Path(prompts_file)) if prompts_file else [])
+    loaded = load_for_inference(model_dir, int8=int8, chat_template=chat_template, threads=threads)
+    if prompts:
+        write_jsonl(one_shot(loaded, prompts, sampling, system=system, raw=raw), Path(output) if output else None)
+        return
+    interactive(ChatSession(loaded, sampling, system=system, raw=raw))
 
 
 @app.command("validate")
