@@ -283,6 +283,45 @@ def chat_cmd(
     interactive(ChatSession(loaded, sampling, system=system, raw=raw))
 
 
+@app.command("serve")
+def serve_cmd(
+    model_dir: Annotated[str, typer.Argument(help="An exported model folder (steelforge export, or a stage's hf/).")],
+    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps the server local.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' (default: env STEELFORGE_API_KEY).")] = None,
+    model_name: Annotated[str | None, typer.Option(help="The model id clients send (default: the folder name).")] = None,
+    chat_template: Annotated[str | None, typer.Option(help="Jinja chat template (or a file) replacing the tokenizer's.")] = None,
+    raw_chat: Annotated[bool, typer.Option("--raw-chat", help="Chat requests without a template: the last message is the prompt.")] = False,
+    max_batch_size: Annotated[int, typer.Option(help="Most requests decoded together in one batch.")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long the first request of a batch waits for company.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond this get 503.")] = 64,
+    int8: Annotated[bool, typer.Option("--int8", help="Dynamic int8 quantisation of the Linear layers (CPU).")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming), batching requests.
+
+    Examples:
+
+      steelforge serve runs/demo/release
+
+      STEELFORGE_API_KEY=s3cret steelforge serve runs/demo/release --port 8080 --max-batch-size 32
+
+      curl http://127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json'
+        -d '{"model": "release", "messages": [{"role": "user", "content": "hi"}]}'
+    """
+    try:
+        from steelforge.infer.server import serve
+    except ModuleNotFoundError as exc:
+        raise SteelforgeError(f"serving needs {exc.name}; install it with: pip install 'steelforge[serve]'") from None
+    if max_batch_size < 1 or max_queue < 1 or batch_wait_ms < 0:
+        raise SteelforgeError("need --max-batch-size >= 1, --max-queue >= 1 and --batch-wait-ms >= 0")
+    serve(
+        model_dir, host=host, port=port, api_key=api_key, model_name=model_name, int8=int8,
+        chat_template=chat_template, raw_chat=raw_chat, max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms, max_queue=max_queue, threads=threads,
+    )
+
+
 @app.command("validate")
 def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Check a recipe without running anything and print it fully resolved.
