@@ -73,6 +73,20 @@ class Job:
         return self.finish_reason is None and not self.cancelled.is_set()
 
 
+def _deliver(events: list[tuple[Job, str, Any]]) -> None:
+    for job, kind, value in events:
+        job.events.put_nowait((kind, value))
+
+
+def _emit_step(events: list[tuple[Job, str, Any]]) -> None:
+    """One wake-up of each event loop per decoding step, not one per token (less GIL ping-pong)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, str, Any]]] = {}
+    for event in events:
+        by_loop.setdefault(event[0].loop, []).append(event)
+    for loop, batch in by_loop.items():
+        loop.call_soon_threadsafe(_deliver, batch)
+
+
 class BatchEngine:
     """Owns the model on one thread and decodes whatever requests arrived together as one batch."""
 
@@ -85,6 +99,9 @@ class BatchEngine:
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "cancelled": 0, "rejected": 0, "tokens": 0}
         self._thread = threading.Thread(target=self._run, name="steelforge-engine", daemon=True)
         self._stopping = False
+        self._lock = threading.Lock()
+        self._active = 0  # submitted and not finished
+        self._concurrent_until = 0.0  # until then, a new batch waits for company
 
     def start(self) -> BatchEngine:
         self._thread.start()
@@ -97,9 +114,15 @@ class BatchEngine:
         self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._active > 0:  # clients overlap: batching pays, so batches wait batch_wait_ms for company
+                self._concurrent_until = time.monotonic() + 2.0
+            self._active += 1
         try:
             self.queue.put_nowait(job)
         except queue.Full:
+            with self._lock:
+                self._active -= 1
             self.stats["rejected"] += 1
             raise APIError(503, "the server is at capacity (request queue full); retry shortly",
                            type_="server_error", code="queue_full") from None
@@ -109,10 +132,14 @@ class BatchEngine:
         return self._thread.is_alive()
 
     def _collect(self, first: Job) -> list[Job]:
+        """The first job plus whatever follows it closely: collection ends after a gap of `batch_wait_ms`
+        without a new request (a burst of clients is taken whole), or at 4x that wait in all."""
         batch = [first]
-        deadline = time.monotonic() + self.batch_wait_s
+        if time.monotonic() > self._concurrent_until and self.queue.empty():
+            return batch  # a lone client: no waiting, first-token latency as with plain generate
+        deadline = time.monotonic() + 4 * self.batch_wait_s
         while len(batch) < self.max_batch_size:
-            remaining = deadline - time.monotonic()
+            remaining = min(self.batch_wait_s, deadline - time.monotonic())
             try:
                 job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
             except queue.Empty:
@@ -128,7 +155,12 @@ class BatchEngine:
             first = self.queue.get()
             if first is None:
                 return
-            batch = [j for j in self._collect(first) if not j.cancelled.is_set()]
+            batch = []
+            for job in self._collect(first):
+                if job.cancelled.is_set():
+                    self._finish(job, "cancelled")
+                else:
+                    batch.append(job)
             groups: dict[tuple[float, float], list[Job]] = {}
             for job in batch:
                 groups.setdefault((job.temperature, job.top_p), []).append(job)
@@ -137,7 +169,16 @@ class BatchEngine:
                     self._decode(jobs)
                 except Exception as exc:  # the model failed: every request of the batch hears it
                     for job in jobs:
+                        if job.finish_reason is None:
+                            self._finish(job, "error")
                         job.emit("error", f"generation failed: {exc}")
+
+    def _finish(self, job: Job, reason: str) -> None:
+        job.finish_reason = reason
+        with self._lock:
+            self._active -= 1
+        if reason == "cancelled":
+            self.stats["cancelled"] += 1
 
     def _decode(self, jobs: list[Job]) -> None:
         loaded = self.loaded
@@ -148,21 +189,24 @@ class BatchEngine:
             job.stream = TextStream(loaded.tokenizer)
 
         def on_tokens(step: list[int | None]) -> None:
+            events: list[tuple[Job, str, Any]] = []
             for job, token in zip(jobs, step, strict=True):
                 if token is None or not job.live:
                     continue
                 if token in stops:
-                    job.finish_reason = "stop"
-                    job.emit("done", "stop")
+                    self._finish(job, "stop")
+                    events.append((job, "done", "stop"))
                     continue
                 job.tokens.append(token)
                 self.stats["tokens"] += 1
                 piece = job.stream.push(token)
                 if piece:
-                    job.emit("delta", piece)
+                    events.append((job, "delta", piece))
                 if len(job.tokens) >= job.max_tokens:
-                    job.finish_reason = "length"
-                    job.emit("done", "length")
+                    self._finish(job, "length")
+                    events.append((job, "done", "length"))
+            if events:
+                _emit_step(events)
 
         seed = jobs[0].seed if jobs[0].seed is not None else secrets.randbits(32)
         generate(
@@ -172,11 +216,12 @@ class BatchEngine:
             on_tokens=on_tokens, should_stop=lambda: not any(j.live for j in jobs),
         )
         for job in jobs:
-            if job.cancelled.is_set() and job.finish_reason is None:
-                job.finish_reason = "cancelled"
-                self.stats["cancelled"] += 1
-            elif job.finish_reason is None:
-                job.finish_reason = "length"
+            if job.finish_reason is not None:
+                continue
+            if job.cancelled.is_set():
+                self._finish(job, "cancelled")
+            else:
+                self._finish(job, "length")
                 job.emit("done", "length")
 
 
