@@ -1,7 +1,5 @@
-"""Loading a released model for inference, and the one import site of batched generation.
-
-`generate` is `steelforge.models.generate.generate` once branch `grpo` lands; until then the temporary
-fallback with the same signature (`_generate_fallback.py`) is imported here and nowhere else.
+"""Loading a released model for inference; chat and serve generate through `steelforge.models.generate`
+(batched, left-padded, one KV cache; `on_tokens` streams, `should_stop` cancels), imported here only.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from typing import Any
 import torch
 
 from steelforge.errors import SteelforgeError
-from steelforge.infer._generate_fallback import GenerationResult, generate  # TEMPORARY: models.generate
+from steelforge.models.generate import GenerationResult, generate
 
 __all__ = ["GenerationResult", "LoadedModel", "generate", "load_for_inference", "quantization_drift", "quantize_int8"]
 
