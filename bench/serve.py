@@ -7,7 +7,8 @@ Exports a small model (or takes `--model`), starts `steelforge serve` in a subpr
 sends streamed `/v1/completions` requests from 1, 4 and 16 concurrent clients (greedy, the same prompts).
 Reports completion tokens/s over the wall time of each level and the mean time to the first streamed token.
 The baseline is transformers' `model.generate` on the same prompts one after another in this process (same
-thread count), its first-token latency taken with a streamer. Goals (issue 17): >= 4x generate's tokens/s
+thread count), its first-token latency taken with a streamer. Baseline and serve levels alternate for `--rounds`
+rounds, and ratios are taken within a round, because the shared box's speed drifts. Goals (issue 17): >= 4x generate's tokens/s
 at 16 clients, first-token latency at 1 client within 1.2x of generate's.
 """
 
@@ -52,46 +53,49 @@ def _small_model(tmp: Path) -> Path:
     return export_checkpoint(tmp / "src", tmp / "model").out_dir
 
 
-def _baseline(model_dir: Path, prompts: list[str], max_tokens: int, threads: int) -> dict[str, float]:
-    """Sequential HF generate: tokens/s and time to first new token (a streamer's first non-prompt put)."""
-    import torch
-    from transformers.generation.streamers import BaseStreamer
+class Baseline:
+    """Sequential HF generate in this process: tokens/s and time to first new token (a streamer's 2nd put)."""
 
-    from steelforge.infer.generation import load_for_inference
+    def __init__(self, model_dir: Path, threads: int) -> None:
+        import torch
 
-    torch.set_num_threads(threads)
-    loaded = load_for_inference(model_dir)
+        from steelforge.infer.generation import load_for_inference
 
-    class FirstToken(BaseStreamer):
-        def __init__(self) -> None:
-            self.calls, self.first = 0, None
+        torch.set_num_threads(threads)
+        self.loaded = load_for_inference(model_dir)
+        self.run([PROMPTS[0]], 4)  # warm-up
 
-        def put(self, value: object) -> None:
-            self.calls += 1
-            if self.calls == 2 and self.first is None:
-                self.first = time.perf_counter()
+    def run(self, prompts: list[str], max_tokens: int) -> dict[str, float]:
+        import torch
+        from transformers.generation.streamers import BaseStreamer
 
-        def end(self) -> None:
-            pass
+        class FirstToken(BaseStreamer):
+            def __init__(self) -> None:
+                self.calls, self.first = 0, None
 
-    tokens, ttfts = 0, []
-    ids0 = loaded.tokenizer(prompts[0], return_tensors="pt").input_ids  # warm-up
-    loaded.model.generate(ids0, attention_mask=torch.ones_like(ids0), max_new_tokens=4, do_sample=False,
-                          pad_token_id=loaded.pad_token_id)
-    start = time.perf_counter()
-    for prompt in prompts:
-        ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
-        streamer = FirstToken()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                        do_sample=False, eos_token_id=loaded.stop_token_ids,
-                                        pad_token_id=loaded.pad_token_id, streamer=streamer)
-        ttfts.append(streamer.first - t0)
-        new = out[0, ids.shape[1]:].tolist()
-        tokens += sum(1 for t in new if t not in loaded.stop_token_ids)
-    wall = time.perf_counter() - start
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "ttft_s": statistics.mean(ttfts)}
+            def put(self, value: object) -> None:
+                self.calls += 1
+                if self.calls == 2 and self.first is None:
+                    self.first = time.perf_counter()
+
+            def end(self) -> None:
+                pass
+
+        loaded = self.loaded
+        tokens, ttfts = 0, []
+        start = time.perf_counter()
+        for prompt in prompts:
+            ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
+            streamer = FirstToken()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                            do_sample=False, eos_token_id=loaded.stop_token_ids,
+                                            pad_token_id=loaded.pad_token_id, streamer=streamer)
+            ttfts.append((streamer.first or time.perf_counter()) - t0)
+            tokens += sum(1 for t in out[0, ids.shape[1]:].tolist() if t not in loaded.stop_token_ids)
+        wall = time.perf_counter() - start
+        return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "ttft_s": statistics.mean(ttfts)}
 
 
 def _stream_one(client: object, url: str, model: str, prompt: str, max_tokens: int) -> tuple[int, float, int]:
@@ -144,6 +148,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the server and the baseline")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/serve rounds")
+    parser.add_argument("--baseline-requests", type=int, default=8, help="sequential generate calls per round")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,27 +178,42 @@ def main() -> None:
                     raise SystemExit(f"server did not start: {server.stderr.read().decode()[-2000:]}")
                 time.sleep(0.2)
             _level(url, "bench", 1, 2, 4)  # warm-up
-            levels = [_level(url, "bench", c, max(args.requests, c), args.max_tokens) for c in args.clients]
+            baseline = Baseline(model_dir, args.threads)
+            rounds: list[tuple[dict[str, float], list[dict[str, float]]]] = []
+            for _ in range(args.rounds):  # alternate, so that both sides see the same load on a shared box
+                base = baseline.run([PROMPTS[i % len(PROMPTS)] for i in range(args.baseline_requests)],
+                                    args.max_tokens)
+                levels = [_level(url, "bench", c, max(args.requests, c), args.max_tokens) for c in args.clients]
+                rounds.append((base, levels))
         finally:
             server.terminate()
             server.wait(timeout=30)
-        base = _baseline(model_dir, [PROMPTS[i % len(PROMPTS)] for i in range(min(args.requests, 16))],
-                         args.max_tokens, args.threads)
 
     print(f"model {model_dir.name if args.model else 'tiny-moxin (random init)'}, {args.max_tokens} new tokens max, "
-          f"greedy, {args.threads} torch thread(s)")
-    print(f"{'setting':<22}{'requests':>9}{'tokens':>8}{'tok/s':>9}{'x generate':>12}{'TTFT ms':>9}{'batches':>9}")
-    print(f"{'generate (sequential)':<22}{'':>9}{base['tokens']:>8}{base['tokens_per_s']:>9.1f}{1.0:>12.2f}"
-          f"{base['ttft_s'] * 1e3:>9.1f}{'':>9}")
-    for lv in levels:
-        print(f"{'serve, ' + str(lv['clients']) + ' client(s)':<22}{lv['ok']:>9}{lv['tokens']:>8}{lv['tokens_per_s']:>9.1f}"
-              f"{lv['tokens_per_s'] / base['tokens_per_s']:>12.2f}{lv['ttft_s'] * 1e3:>9.1f}{lv['batches']:>9}")
-    one = next((lv for lv in levels if lv["clients"] == 1), None)
-    if one:
-        print(f"first-token latency at 1 client / generate's: {one['ttft_s'] / base['ttft_s']:.2f}x (goal <= 1.2x)")
-    top = max(levels, key=lambda lv: lv["clients"])
-    print(f"tokens/s at {top['clients']} clients / generate's: {top['tokens_per_s'] / base['tokens_per_s']:.2f}x (goal >= 4x)")
+          f"greedy, {args.threads} torch thread(s), {args.rounds} rounds (ratios: median [min-max] over rounds)")
+    print(f"{'setting':<22}{'requests':>9}{'tok/s':>9}{'x generate':>22}{'TTFT ms':>9}{'TTFT / gen':>22}{'batches':>9}")
 
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+    base_tps = [b["tokens_per_s"] for b, _ in rounds]
+    base_ttft = [b["ttft_s"] for b, _ in rounds]
+    print(f"{'generate (sequential)':<22}{args.baseline_requests:>9}{statistics.median(base_tps):>9.1f}{'1.00':>22}"
+          f"{statistics.median(base_ttft) * 1e3:>9.1f}{'1.00':>22}{'':>9}")
+    ratios: dict[int, tuple[list[float], list[float]]] = {}
+    for i, clients in enumerate(args.clients):
+        rows = [(b, levels[i]) for b, levels in rounds]
+        tps = [lv["tokens_per_s"] / b["tokens_per_s"] for b, lv in rows]
+        ttft = [lv["ttft_s"] / b["ttft_s"] for b, lv in rows]
+        ratios[clients] = (tps, ttft)
+        print(f"{'serve, ' + str(clients) + ' client(s)':<22}{rows[0][1]['ok']:>9}"
+              f"{statistics.median(lv['tokens_per_s'] for _, lv in rows):>9.1f}{spread(tps):>22}"
+              f"{statistics.median(lv['ttft_s'] for _, lv in rows) * 1e3:>9.1f}{spread(ttft):>22}"
+              f"{statistics.median(lv['batches'] for _, lv in rows):>9.0f}")
+    if 1 in ratios:
+        print(f"first-token latency at 1 client / generate's: {spread(ratios[1][1])} (goal <= 1.2x)")
+    top = max(args.clients)
+    print(f"tokens/s at {top} clients / generate's: {spread(ratios[top][0])} (goal >= 4x)")
 
 if __name__ == "__main__":
     main()
