@@ -128,6 +128,18 @@ def _stage_recipe(stage_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def _section_from_run(recipe: dict[str, Any], run_dir: Path | None, section: str) -> dict[str, Any]:
+    """A recipe section from the exported checkpoint's recipe, else from any stage's recipe in the run."""
+    if recipe.get(section):
+        return recipe[section]
+    if run_dir is not None:
+        for stage_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+            found = _stage_recipe(stage_dir).get(section)
+            if found:
+                return found
+    return {}
+
+
 def training_reports(run_dir: Path, model_config: Any) -> list[dict[str, Any]]:
     """Per training stage: steps, tokens seen (from metrics.jsonl), hyperparameters and training FLOPs."""
     from steelforge.models.flops import flops_per_token
@@ -256,6 +268,10 @@ def build_model_card(
         parts += ["Data sources named by the recipe: " + ", ".join(f"`{i.get('name', '?')}`" for i in inputs), ""]
     if not (cleans or stores):
         parts += ["No cleaning or packing report was found in the run folder.", ""]
+    for section, title in (("data", "Cleaning settings"), ("pack", "Packing settings")):
+        settings = _section_from_run(recipe, run_dir, section)
+        if settings:
+            parts += [f"### {title} (`{section}:`)", "", _table(["key", "value"], _flatten(settings)), ""]
     parts += ["## Training", ""]
     if trains:
         parts += [_table(

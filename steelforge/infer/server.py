@@ -16,6 +16,7 @@ import json
 import os
 import queue
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from steelforge.infer.chat import TextStream, render_prompt
 from steelforge.infer.generation import LoadedModel, generate
 
 API_KEY_ENV = "STEELFORGE_API_KEY"
+SWITCH_INTERVAL_S = 0.0005
 
 
 class APIError(Exception):
@@ -322,7 +324,7 @@ def create_app(engine: BatchEngine, *, model_name: str, api_key: str | None = No
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             return StreamingResponse(_chat_stream(job, rid, model_name, created), media_type="text/event-stream")
-        await _wait(job, request)
+        await _wait([job], request)
         text = job.stream.text() if job.stream else ""
         return {
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
@@ -350,8 +352,7 @@ def create_app(engine: BatchEngine, *, model_name: str, api_key: str | None = No
         rid = f"cmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             return StreamingResponse(_completion_stream(jobs[0], rid, model_name), media_type="text/event-stream")
-        for job in jobs:
-            await _wait(job, request)
+        await _wait(jobs, request)
         return {
             "id": rid, "object": "text_completion", "created": int(time.time()), "model": model_name,
             "choices": [{"index": i, "text": job.stream.text() if job.stream else "", "finish_reason": job.finish_reason,
@@ -368,20 +369,22 @@ def _usage(jobs: list[Job]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _wait(job: Job, request: Request) -> None:
-    """Wait for a job's end; a client that goes away cancels it."""
-    while True:
-        try:
-            kind, value = await asyncio.wait_for(job.events.get(), timeout=0.25)
-        except TimeoutError:
-            if await request.is_disconnected():
-                job.cancelled.set()
-                raise APIError(499, "client closed the request", code="cancelled") from None
-            continue
-        if kind == "done":
-            return
-        if kind == "error":
-            raise APIError(500, value, type_="server_error")
+async def _wait(jobs: list[Job], request: Request) -> None:
+    """Wait for every job of a request to end; a client that goes away cancels them all."""
+    for job in jobs:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(job.events.get(), timeout=0.25)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    for other in jobs:
+                        other.cancelled.set()
+                    raise APIError(499, "client closed the request", code="cancelled") from None
+                continue
+            if kind == "done":
+                break
+            if kind == "error":
+                raise APIError(500, value, type_="server_error")
 
 
 async def _events(job: Job) -> AsyncIterator[tuple[str, Any]]:
@@ -449,6 +452,9 @@ def serve(
     from steelforge.reporting import console
 
     loaded = load_for_inference(model_dir, int8=int8, chat_template=chat_template, threads=threads)
+    # The event loop and the engine thread hand every request and token to each other: a short GIL switch
+    # interval (default 5 ms) keeps each hand-off from waiting for the other thread's time slice.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     engine = BatchEngine(loaded, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue).start()
     name = model_name or loaded.name
     key = resolve_api_key(api_key)

@@ -92,6 +92,8 @@ def test_model_card_holds_the_run_numbers(run_dir: Path, tmp_path: Path) -> None
     assert _num(row[4]) == pytest.approx(expected_flops, rel=1e-3)
     assert _num(_card_row(card, "parameters")[1]) == result.parameters
     assert _card_row(card, "seq_len")[1] == "32" and _card_row(card, "checkpoint.keep_last")[1] == "2"
+    assert _card_row(card, "process.0.text_length_filter.min_len")[1] == "20"
+    assert _card_row(card, "separator")[1] == "auto"
 
     assert _card_row(card, "mmlu")[1:] == ["0.3125", "32"]
     assert _card_row(card, "algebra")[1:] == ["0.25", "16"]
