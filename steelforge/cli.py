@@ -277,6 +277,10 @@ def chat_cmd(
     sampling = _sampling(max_new_tokens, temperature, top_p, top_k, seed)
     prompts = list(prompt or []) + (read_prompts_file(Path(prompts_file)) if prompts_file else [])
     loaded = load_for_inference(model_dir, int8=int8, chat_template=chat_template, threads=threads)
+    if not raw and not loaded.chat_template:
+        raise SteelforgeError(
+            f"model '{model_dir}' has no chat template; pass --chat-template FILE or --raw for plain prompts"
+        )
     if prompts:
         write_jsonl(one_shot(loaded, prompts, sampling, system=system, raw=raw), Path(output) if output else None)
         return

@@ -105,6 +105,8 @@ def test_cli_prompts_file_to_jsonl_with_moxin_template(moxin_dir: Path, tmp_path
     records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in records] == ["Bonjour", "plain text prompt"]
     assert all(isinstance(r["answer"], str) and 1 <= r["completion_tokens"] <= 5 for r in records)
+    refused = CliRunner().invoke(app, ["chat", str(moxin_dir), "-p", "x"])
+    assert isinstance(refused.exception, SteelforgeError) and "no chat template" in str(refused.exception)
     loaded = load_for_inference(moxin_dir)
     assert loaded.stop_token_ids == [2] and loaded.chat_template is None
     with pytest.raises(SteelforgeError, match="no chat template"):
