@@ -139,3 +139,27 @@ def test_int8_quantisation_drift_is_measured_and_small(steel_dir: Path) -> None:
     assert 0.0 < drift["kl"] < 0.05 and drift["top1_agreement"] >= 0.8
     int8 = load_for_inference(steel_dir, int8=True)
     assert one_shot(int8, ["hello"], GREEDY)[0]["completion_tokens"] >= 1
+
+
+def test_pty_answer_arrives_in_pieces(steel_dir: Path, tmp_path: Path) -> None:
+    """Streaming as a terminal user sees it: the answer reaches the pty in several reads, not all at the end."""
+    pexpect = pytest.importorskip("pexpect")
+    expected = ChatSession(load_for_inference(steel_dir), Sampling(max_new_tokens=48, temperature=0.0)).reply("hello")
+    child = pexpect.spawn(
+        sys.executable, ["-m", "steelforge.cli", "chat", str(steel_dir), "--temperature", "0", "--max-new-tokens", "48"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, encoding="utf-8", timeout=120, cwd=str(tmp_path),
+    )
+    try:
+        child.expect_exact("you> ")
+        child.sendline("hello")
+        child.expect_exact("bot> ")
+        reads: list[str] = [child.buffer]  # whatever arrived with "bot> " in the same read
+        while "you> " not in "".join(reads):
+            reads.append(child.read_nonblocking(size=4096, timeout=60))
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    shown = "".join(reads).split("you> ")[0].replace("\r", "")
+    assert shown == expected + "\n"  # the answer, then the newline the loop prints after it
+    assert len([r for r in reads if r]) >= 2
