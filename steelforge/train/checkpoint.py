@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -351,26 +351,47 @@ class Checkpointer:
 
         Every rank must call it (FSDP2 shards are gathered); rank 0 writes.
         """
-        rank, _ = _rank_world()
-        out_dir = Path(out_dir)
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank == 0:
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out_dir.with_name(f"{TMP_PREFIX}{out_dir.name}")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            full = {k: v.detach().contiguous() for k, v in full.items()}
-            model.save_pretrained(tmp, state_dict=full)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            if self.recipe_yaml:
-                _write_text(tmp / RECIPE_FILE, self.recipe_yaml)
-            if out_dir.exists():
-                _remove_tree(out_dir)
-            os.replace(tmp, out_dir)
-            _fsync_dir(out_dir.parent)
-        _barrier()
-        return out_dir
+        return save_consolidated(model, tokenizer, out_dir, recipe_yaml=self.recipe_yaml)
+
+
+def save_consolidated(
+    model: nn.Module,
+    tokenizer: Any,
+    out_dir: Path,
+    *,
+    recipe_yaml: str = "",
+    max_shard_size: int | str = "5GB",
+    dtype: torch.dtype | None = None,
+    finalize: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a model as one HF folder: gather the full state dict, ``save_pretrained`` aside, then rename.
+
+    Training's end-of-run export and ``steelforge export`` share this primitive. Every rank must call it
+    (FSDP2 shards are gathered); rank 0 writes. ``finalize(tmp_dir)`` adds files (model card, generation
+    config) before the folder is renamed into place, so a reader never sees a half-written export.
+    """
+    rank, _ = _rank_world()
+    out_dir = Path(out_dir)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.with_name(f"{TMP_PREFIX}{out_dir.name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        full = {k: (v if dtype is None else v.to(dtype)).detach().contiguous() for k, v in full.items()}
+        model.save_pretrained(tmp, state_dict=full, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if recipe_yaml:
+            _write_text(tmp / RECIPE_FILE, recipe_yaml)
+        if finalize is not None:
+            finalize(tmp)
+        if out_dir.exists():
+            _remove_tree(out_dir)
+        os.replace(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+    _barrier()
+    return out_dir
 
 
 class StopSignal:
