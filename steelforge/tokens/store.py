@@ -183,6 +183,8 @@ class TokenStore:
             )
         self._tokens: dict[str, np.memmap] = {}
         self._docs: dict[str, np.ndarray] = {}
+        # Set by a reader that knows the model's vocabulary: each shard's ids are range-checked when first opened.
+        self.vocab_size: int | None = None
         if check_sizes:
             self.check_sizes()
 
@@ -260,7 +262,15 @@ class TokenStore:
         if mm is None:
             if shard.tokens == 0:
                 return np.zeros(0, dtype=TOKEN_DTYPE)
-            mm = self._tokens[shard.file] = np.memmap(self.path / shard.file, dtype=TOKEN_DTYPE, mode="r")
+            mm = np.memmap(self.path / shard.file, dtype=TOKEN_DTYPE, mode="r")
+            if self.vocab_size is not None and mm.size and int(mm.max()) >= self.vocab_size:
+                bad = int(np.argmax(mm >= self.vocab_size))
+                raise DataError(
+                    f"shard '{self.path / shard.file}' holds token id {int(mm[bad])} at position {bad}, beyond the "
+                    f"model's vocabulary of {self.vocab_size}; the shard is damaged or was packed for another "
+                    "model: run `steelforge store verify` and re-pack"
+                )
+            self._tokens[shard.file] = mm
         return mm
 
     def doc_starts(self, shard: ShardInfo) -> np.ndarray:

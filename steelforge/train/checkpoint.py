@@ -196,6 +196,7 @@ class Checkpointer:
         keep_every: int | None = None,
         recipe_yaml: str = "",
         recipe_hash: str = "",
+        made_from: dict[str, Any] | None = None,
     ) -> None:
         if keep_last < 1:
             raise CheckpointError(f"keep_last must be at least 1, got {keep_last}; set it to 1 or more")
@@ -206,6 +207,7 @@ class Checkpointer:
         self.keep_every = keep_every
         self.recipe_yaml = recipe_yaml
         self.recipe_hash = recipe_hash
+        self.made_from = made_from
 
     # ----------------------------------------------------------------- discovery
     def step_dir(self, step: int) -> Path:
@@ -268,6 +270,9 @@ class Checkpointer:
                 "has_optimizer": "optim" in state,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "torch": torch.__version__,
+                # what the state was made from (compared on resume) and each file's checksum (verified on resume)
+                "made_from": self.made_from,
+                "files": file_checksums(tmp),
             }
             _write_text(tmp / RECIPE_FILE, self.recipe_yaml)
             _write_text(tmp / META_FILE, json.dumps(meta, indent=2))
@@ -291,6 +296,20 @@ class Checkpointer:
         for stale in self.root.glob(f"{TMP_PREFIX}*"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
+
+    def verified_latest(self, warn: Any = None) -> Path | None:
+        """The newest complete checkpoint whose files match their recorded checksums.
+
+        A damaged one (flipped byte, truncated shard) is skipped with a warning naming it, and the previous
+        checkpoint is used instead; older checkpoints without checksums are taken as they are.
+        """
+        for path in reversed(self.complete()):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                return path
+            if warn is not None:
+                warn(f"checkpoint {path} is damaged ({problem}); falling back to the previous checkpoint")
+        return None
 
     # ----------------------------------------------------------------- load
     def read_meta(self, path: Path) -> dict[str, Any]:
@@ -363,6 +382,7 @@ class Checkpointer:
             model.save_pretrained(tmp, state_dict=full)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+                _write_generation_eos(tmp, tokenizer)
             if self.recipe_yaml:
                 _write_text(tmp / RECIPE_FILE, self.recipe_yaml)
             if out_dir.exists():
@@ -371,6 +391,68 @@ class Checkpointer:
             _fsync_dir(out_dir.parent)
         _barrier()
         return out_dir
+
+
+def file_checksums(folder: Path) -> dict[str, list[Any]]:
+    """``{name: [size, sha256]}`` of every file in a checkpoint folder (the meta file itself excluded)."""
+    from steelforge.stage import file_sha256
+
+    return {
+        p.name: [p.stat().st_size, file_sha256(p)]
+        for p in sorted(Path(folder).iterdir())
+        if p.is_file() and p.name != META_FILE
+    }
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when every file recorded in ``checkpoint.json`` is present with its size and sha256, else why not."""
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"unreadable {META_FILE}: {exc}"
+    recorded = meta.get("files")
+    if not recorded:
+        return None  # written before checksums were recorded
+    from steelforge.stage import file_sha256
+
+    for name, (size, sha) in sorted(recorded.items()):
+        file = Path(path) / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+        if file_sha256(file) != sha:
+            return f"{name} does not match its recorded sha256"
+    return None
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """Ids that end a generation: the tokenizer's eos first, then Qwen's <|im_end|>/<|endoftext|> when present.
+
+    Packed documents end with the pack separator (<|im_end|> for qwen1.5), so `generate` must stop there.
+    """
+    ids: list[int] = []
+    if tokenizer is None:
+        return ids
+    candidates = [getattr(tokenizer, "eos_token", None), "<|im_end|>", "<|endoftext|>"]
+    vocab = tokenizer.get_vocab()
+    for token in candidates:
+        if token is not None and token in vocab and vocab[token] not in ids:
+            ids.append(int(vocab[token]))
+    return ids
+
+
+def _write_generation_eos(folder: Path, tokenizer: Any) -> None:
+    stops = stop_token_ids(tokenizer)
+    if not stops:
+        return
+    path = Path(folder) / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    config["eos_token_id"] = stops if len(stops) > 1 else stops[0]
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None:
+        config.setdefault("pad_token_id", int(pad))
+    _write_text(path, json.dumps(config, indent=2) + "\n")
 
 
 class StopSignal:
