@@ -12,7 +12,6 @@ and re-running a complete store with the same inputs and settings is a no-op.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from steelforge.errors import DataError, SteelforgeError
-from steelforge.reporting import StageReport, make_progress
+from steelforge.reporting import StageReport, console, make_progress
+from steelforge.stage import publish_dir
 from steelforge.tokens.pack_config import PackConfig
 from steelforge.tokens.store import MANIFEST, Manifest, ShardInfo, shard_stem, write_shard
 
@@ -311,17 +311,33 @@ def iter_documents(
             on_file(path)
 
 
-def pack_fingerprint(recipe: Any, files: list[Path]) -> str:
-    """What a store depends on: pack settings (not the worker count), tokenizer, input files."""
+def pack_made_from(recipe: Any, files: list[Path], tokenizer_fp: str) -> dict[str, Any]:
+    """What a store is made from: pack settings (not the worker count), tokenizer, input files (size, mtime ns)."""
+    from steelforge.stage import files_fingerprint
+
     cfg: PackConfig = recipe.pack or PackConfig()
-    settings = cfg.model_dump(mode="json", exclude={"num_workers", "output"})
-    inputs = [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
-    blob = json.dumps({"pack": settings, "tokenizer": recipe.tokenizer, "inputs": inputs}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return {
+        "pack": cfg.model_dump(mode="json", exclude={"num_workers", "output"}),
+        "tokenizer": {"name": str(recipe.tokenizer), "fingerprint": tokenizer_fp},
+        "inputs": {"files": len(files), "fingerprint": files_fingerprint(files)},
+    }
+
+
+def pack_fingerprint(recipe: Any, files: list[Path], tokenizer_fp: str = "") -> str:
+    """A short hash of `pack_made_from` (kept in the manifest for tools that compare stores by one value)."""
+    from steelforge.stage import digest
+
+    return digest(pack_made_from(recipe, files, tokenizer_fp))
 
 
 def pack_complete(recipe: Any) -> bool:
-    """True when the store exists, is complete and was built from the same inputs and settings."""
+    """True when the store exists, is complete and was made from the same inputs, tokenizer and settings.
+
+    When it was made from something else, the changed keys are printed and the store is rebuilt.
+    """
+    from steelforge.stage import changed_keys, describe_changes
+    from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
+
     manifest_path = recipe.stage_dir("pack") / MANIFEST
     if not manifest_path.is_file():
         return False
@@ -330,9 +346,17 @@ def pack_complete(recipe: Any) -> bool:
         files = resolve_inputs(recipe)
     except (OSError, json.JSONDecodeError, SteelforgeError):
         return False
-    return bool(raw.get("complete")) and raw.get("extra", {}).get("pack_fingerprint") == pack_fingerprint(
-        recipe, files
-    )
+    recorded = raw.get("extra", {}).get("made_from")
+    if not raw.get("complete") or recorded is None:
+        return False
+    current = pack_made_from(recipe, files, tokenizer_fingerprint(load_tokenizer(recipe.tokenizer)))
+    keys = changed_keys(recorded, current)
+    if keys:
+        console.print(
+            f"the token store in {manifest_path.parent} was made from {describe_changes(recorded, current, keys)}"
+            " differently; packing again"
+        )
+    return not keys
 
 
 def _prepare_output(out: Path) -> Path:
@@ -383,12 +407,14 @@ def run_pack(recipe: Any) -> StageReport:
             batch_docs=cfg.batch_docs,
             on_batch=on_batch,
         )
-    manifest.extra = {"pack_fingerprint": pack_fingerprint(recipe, files), "inputs": [str(p) for p in files]}
+    made_from = pack_made_from(recipe, files, manifest.tokenizer_fingerprint)
+    manifest.extra = {
+        "pack_fingerprint": pack_fingerprint(recipe, files, manifest.tokenizer_fingerprint),
+        "made_from": made_from,
+        "inputs": [str(p) for p in files],
+    }
     manifest.save(partial)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, out)
+    publish_dir(partial, out)
     seconds = time.perf_counter() - start
     report = StageReport(stage="pack")
     report.add("input files", len(files))

@@ -43,6 +43,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from steelforge.errors import SteelforgeError
+from steelforge.stage import fsync_dir as _fsync_dir
+from steelforge.stage import publish_dir
+from steelforge.stage import remove_tree as _remove_tree
 
 FORMAT_VERSION = 1
 STEP_PREFIX = "step_"
@@ -81,30 +84,11 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX needs the parent directory flushed too)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a directory so that a kill half-way never leaves something that looks complete."""
-    if not path.exists():
-        return
-    doomed = path.with_name(f"{TMP_PREFIX}delete-{path.name}-{os.getpid()}")
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 class _PausableWriter(FileSystemWriter):
@@ -385,10 +369,7 @@ class Checkpointer:
                 _write_generation_eos(tmp, tokenizer)
             if self.recipe_yaml:
                 _write_text(tmp / RECIPE_FILE, self.recipe_yaml)
-            if out_dir.exists():
-                _remove_tree(out_dir)
-            os.replace(tmp, out_dir)
-            _fsync_dir(out_dir.parent)
+            publish_dir(tmp, out_dir)
         _barrier()
         return out_dir
 
