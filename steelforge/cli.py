@@ -107,8 +107,6 @@ def run(
 
       steelforge run recipes/demo.yaml --set pretrain.max_steps=50
     """
-    from steelforge.recipe import PLANNED_STAGES
-
     loaded = _load(recipe, set_)
     stages = loaded.stages()
     _preflight(loaded, stages)
@@ -122,7 +120,6 @@ def run(
     extra = _after_run(loaded)
     rows = [(r.stage, "skipped (complete)" if r.skipped else f"done in {r.seconds:,.1f} s") for r in reports]
     rows += [(name, status) for name, status in extra]
-    rows += [(s, "not available in this version yet") for s in PLANNED_STAGES]
     print_table(f"run '{loaded.name}' summary", ["stage", "status"], rows)
 
 

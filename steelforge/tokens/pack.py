@@ -292,13 +292,27 @@ def resolve_inputs(recipe: Any) -> list[Path]:
 
 
 def iter_documents(
-    files: list[Path], cfg: PackConfig, on_file: Callable[[Path], None] | None = None
+    files: list[Path],
+    cfg: PackConfig,
+    on_file: Callable[[Path], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[str, str]]:
-    """`(source, text)` of every record; the source is the record's `source_field` or the file name."""
+    """`(source, text)` of every record; the source is the record's `source_field` or the file name.
+
+    `on_bytes(n)` reports progress in on-disk input bytes as documents are read: exact at each file's end,
+    estimated inside a file from the text read so far (compressed files use the ratio of the last one).
+    """
     from steelforge.clean.io import file_stem, iter_records
 
+    ratio = 1.0  # on-disk bytes per text byte, learnt from each finished file
     for path in files:
         default_source = file_stem(path)
+        size = path.stat().st_size
+        if path.suffix in (".jsonl", ".json", ".txt"):
+            ratio = 1.0
+        elif ratio == 1.0:
+            ratio = 0.35  # first compressed file: a typical zstd/gzip ratio on text until one is measured
+        reported = text_bytes = 0
         for record in iter_records(path):
             text = record.get(cfg.text_field)
             if text is None:
@@ -307,6 +321,16 @@ def iter_documents(
                 )
             source = record.get(cfg.source_field) or default_source
             yield str(source), str(text)
+            if on_bytes is not None:
+                text_bytes += len(str(text).encode("utf-8", "surrogatepass"))
+                estimate = min(int(text_bytes * ratio), size)
+                if estimate > reported:
+                    on_bytes(estimate - reported)
+                    reported = estimate
+        if on_bytes is not None and size > reported:
+            on_bytes(size - reported)
+        if text_bytes:
+            ratio = size / text_bytes
         if on_file is not None:
             on_file(path)
 
@@ -395,7 +419,7 @@ def run_pack(recipe: Any) -> StageReport:
             progress.update(task, rate=f"{counts['tokens']:,} tokens, {rate:,.0f} tokens/s")
 
         manifest = pack_documents(
-            iter_documents(files, cfg, on_file=lambda p: progress.advance(task, p.stat().st_size)),
+            iter_documents(files, cfg, on_bytes=lambda n: progress.advance(task, n)),
             tokenizer,
             partial,
             tokenizer_name=str(recipe.tokenizer),

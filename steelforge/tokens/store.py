@@ -24,6 +24,7 @@ re-hashes every file against its md5.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -312,7 +313,7 @@ def document_hashes(store: TokenStore, shard: ShardInfo) -> set[bytes]:
     tokens = store.tokens(shard)
     starts = [int(x) for x in store.doc_starts(shard)]
     out = set()
-    for begin, end in zip(starts, starts[1:], strict=False):  # the last one may continue in the next shard
+    for begin, end in itertools.pairwise(starts):  # the last one may continue in the next shard
         out.add(hashlib.blake2b(np.asarray(tokens[begin:end]).tobytes(), digest_size=8).digest())
     return out
 

@@ -445,7 +445,7 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
         grad_accum=grad_accum,
         clip_grad_norm=cfg.clip_grad_norm,
         max_nonfinite_steps=cfg.max_nonfinite_steps,
-        log_every=cfg.log_every,
+        log_every=1,  # the metrics logger keeps every `cfg.log_every`-th step plus the first one
         checkpoint_every=cfg.checkpoint.every,
         export_steps=list(cfg.checkpoint.export_steps),
         export_final=cfg.checkpoint.export_final,
@@ -462,7 +462,12 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
         target = out / "hf" if final else out / f"hf-step_{step:09d}"
         checkpointer.export_hf(model, tokenizer, target)
 
-    metrics = MetricsLogger(out, total_steps=cfg.max_steps, is_main=env.is_main, tensorboard=cfg.tensorboard)
+    metrics = MetricsLogger(
+        out, total_steps=cfg.max_steps, is_main=env.is_main, tensorboard=cfg.tensorboard, log_every=cfg.log_every
+    )
+    if env.is_main:
+        warmup = "torch.compile of every block, then " if cfg.speed.compile else ""
+        console.print(f"training: the first step includes warm-up ({warmup}allocator and kernel set-up)")
     try:
         with StopSignal() as stop:
             trainer = Trainer(
@@ -501,4 +506,9 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
     if (out / "hf").is_dir():
         report.outputs["hf"] = out / "hf"
     report.outputs["metrics"] = out / "metrics.jsonl"
+    if metrics.plot_path.is_file():
+        report.outputs["curves"] = metrics.plot_path
+    tensorboard_dir = out / "tensorboard"
+    if tensorboard_dir.is_dir():
+        report.outputs["tensorboard"] = tensorboard_dir
     return report
