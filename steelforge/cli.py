@@ -174,7 +174,12 @@ def pretrain(
 
       steelforge pretrain recipes/demo.yaml --set pretrain.max_steps=20
 
+      steelforge pretrain demo --set model.overrides.num_hidden_layers=2 --force-new-run
+
       torchrun --nproc_per_node 8 -m steelforge.cli pretrain recipes/steel-1b/pretrain.yaml
+
+    To stop a torchrun run cleanly, send SIGTERM to its ranks (pkill -TERM -P <torchrun pid>): they
+    checkpoint and torchrun exits 0; if the launcher dies, the ranks checkpoint and stop on their own.
     """
     _single_stage("pretrain", recipe, set_, force, force_new_run)
 
