@@ -113,8 +113,9 @@ def check_stores(stores: list[Path], mode: str, env: DistEnv) -> None:
         return
     for path in stores:
         store = TokenStore(path)  # manifest format, completeness and every file's size
-        if mode == "full" and env.is_main:
-            problems = store.verify()
+        if mode == "full":
+            # rank 0 hashes, every rank learns the verdict (no rank waits in a collective for a failed one)
+            problems = _broadcast(store.verify() if env.is_main else None, env)
             if problems:
                 raise DataError(
                     f"token store '{path}' fails verification: {problems[0]}; restore that shard or re-run "
