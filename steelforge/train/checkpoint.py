@@ -363,7 +363,8 @@ class Checkpointer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             full = {k: v.detach().contiguous() for k, v in full.items()}
-            model.save_pretrained(tmp, state_dict=full)
+            with _no_library_bars():
+                model.save_pretrained(tmp, state_dict=full)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
                 _write_generation_eos(tmp, tokenizer)
@@ -372,6 +373,20 @@ class Checkpointer:
             publish_dir(tmp, out_dir)
         _barrier()
         return out_dir
+
+
+@contextlib.contextmanager
+def _no_library_bars() -> Iterator[None]:
+    """No "Writing model shards" bar from transformers inside our own output, even if it was imported first."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def file_checksums(folder: Path) -> dict[str, list[Any]]:
