@@ -275,6 +275,13 @@ def choose_resume(
     if env.is_main:
         if cfg.checkpoint.resume == "auto":
             path = checkpointer.verified_latest(warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+            if path is None and checkpointer.complete():
+                decision = (
+                    "none",
+                    current,
+                    f"every checkpoint in {checkpointer.root} is damaged (see the warnings above); restore one, "
+                    "or pass --force-new-run to start over",
+                )
         else:
             from steelforge.train.checkpoint import verify_checkpoint
 

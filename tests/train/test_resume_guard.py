@@ -188,3 +188,12 @@ def test_ids_beyond_the_vocabulary_name_the_shard(world, tmp_path) -> None:
     raw["pretrain"]["stores"] = [str(store2)]
     with pytest.raises(DataError, match=r"tiny-00000\.u32' holds token id \d+ .* vocabulary of 64"):
         _run(raw)
+
+
+def test_all_checkpoints_damaged_is_refused_not_restarted(world, tmp_path) -> None:
+    raw = _copy(world, tmp_path, **{"pretrain.max_steps": 6, "pretrain.schedule.total_steps": STEPS})
+    for ckpt in _ckpts(raw):
+        shard = next(ckpt.glob("*.distcp"))
+        shard.write_bytes(shard.read_bytes()[:-1])
+    with pytest.raises(ResumeMismatch, match="every checkpoint in .* is damaged"):
+        _run(raw)
