@@ -195,5 +195,5 @@ def test_all_checkpoints_damaged_is_refused_not_restarted(world, tmp_path) -> No
     for ckpt in _ckpts(raw):
         shard = next(ckpt.glob("*.distcp"))
         shard.write_bytes(shard.read_bytes()[:-1])
-    with pytest.raises(ResumeMismatch, match="every checkpoint in .* is damaged"):
+    with pytest.raises(ResumeMismatch, match=r"every checkpoint in .* is damaged"):
         _run(raw)
