@@ -83,6 +83,7 @@ def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the ranks")
+@pytest.mark.distributed
 @pytest.mark.timeout(300)
 def test_kill9_of_the_launcher_stops_the_ranks(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path)
@@ -107,6 +108,7 @@ def test_kill9_of_the_launcher_stops_the_ranks(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the ranks")
+@pytest.mark.distributed
 @pytest.mark.timeout(300)
 def test_sigterm_to_the_ranks_ends_torchrun_with_code_zero(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path)
