@@ -152,6 +152,8 @@ def describe_changes(
 ) -> str:
     """``a.b (2 -> 4), c (x -> y)`` for the first `limit` keys."""
     old, new = flatten(dict(recorded)), flatten(dict(current))
+    # scalars first: `num_hidden_layers (4 -> 2)` says more than the list it derives (`layer_types`)
+    keys = sorted(keys, key=lambda k: isinstance(old.get(k, new.get(k)), list | dict))
     parts = []
     for key in keys[:limit]:
         before, after = old.get(key, "unset"), new.get(key, "unset")
