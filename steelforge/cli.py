@@ -45,12 +45,24 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a recipe field: key.path=value (repeatable)."),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the stage's outputs are complete.")]
+NewRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force-new-run",
+        help="pretrain: start at step 0 although checkpoints exist (the old run is moved to superseded-<time>/).",
+    ),
+]
 
 
-def run_stage(stage: str, recipe: Recipe, force: bool = False) -> StageReport:
+def run_stage(stage: str, recipe: Recipe, force: bool = False, force_new_run: bool = False) -> StageReport:
     """Run one stage of a loaded recipe, or skip it when its outputs are already complete."""
     module_name, run_name, done_name = STAGE_RUNNERS[stage]
     module = importlib.import_module(module_name)
+    if force_new_run and stage == "pretrain":
+        start = time.perf_counter()
+        report = module.run_pretrain(recipe, force_new_run=True)
+        report.seconds = time.perf_counter() - start
+        return report
     if not force and getattr(module, done_name)(recipe):
         report = StageReport(stage=stage, skipped=True)
         report.outputs["dir"] = recipe.stage_dir(stage)
@@ -67,15 +79,27 @@ def _load(recipe: str, overrides: list[str] | None) -> Recipe:
     return load_recipe(recipe, overrides or [])
 
 
-def _single_stage(stage: str, recipe: str, overrides: list[str] | None, force: bool) -> None:
+def _single_stage(
+    stage: str, recipe: str, overrides: list[str] | None, force: bool, force_new_run: bool = False
+) -> None:
     loaded = _load(recipe, overrides)
     if getattr(loaded, stage) is None:
         raise SteelforgeError(f"recipe '{recipe}' has no '{stage}:' section; add one to run this stage")
-    print_report(run_stage(stage, loaded, force=force))
+    _preflight(loaded, [stage])
+    print_report(run_stage(stage, loaded, force=force, force_new_run=force_new_run))
+
+
+def _preflight(recipe: Recipe, stages: list[str]) -> None:
+    """Every check that can fail before a stage starts (operators, inputs, tokenizer, model, folders)."""
+    from steelforge.validate import preflight
+
+    preflight(recipe, stages)
 
 
 @app.command()
-def run(recipe: RecipeArg = "demo", set_: SetOpt = None, force: ForceOpt = False) -> None:
+def run(
+    recipe: RecipeArg = "demo", set_: SetOpt = None, force: ForceOpt = False, force_new_run: NewRunOpt = False
+) -> None:
     """Run every stage the recipe configures, in order; stages whose outputs are complete are skipped.
 
     Examples:
@@ -84,21 +108,19 @@ def run(recipe: RecipeArg = "demo", set_: SetOpt = None, force: ForceOpt = False
 
       steelforge run recipes/demo.yaml --set pretrain.max_steps=50
     """
-    from steelforge.recipe import PLANNED_STAGES
-
     loaded = _load(recipe, set_)
     stages = loaded.stages()
+    _preflight(loaded, stages)
     console.print(f"[bold]steelforge run[/] {recipe}: stages {' -> '.join(stages) or '(none)'}  (outputs in {loaded.root})")
     reports = []
     for stage in stages:
         console.rule(f"[bold]{stage}")
-        report = run_stage(stage, loaded, force=force)
+        report = run_stage(stage, loaded, force=force, force_new_run=force_new_run)
         print_report(report)
         reports.append(report)
     extra = _after_run(loaded)
     rows = [(r.stage, "skipped (complete)" if r.skipped else f"done in {r.seconds:,.1f} s") for r in reports]
     rows += [(name, status) for name, status in extra]
-    rows += [(s, "not available in this version yet") for s in PLANNED_STAGES]
     print_table(f"run '{loaded.name}' summary", ["stage", "status"], rows)
 
 
@@ -144,16 +166,23 @@ def pack(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> Non
 
 
 @app.command()
-def pretrain(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
+def pretrain(
+    recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False, force_new_run: NewRunOpt = False
+) -> None:
     """Pretrain a causal LM on a token store (the `pretrain:` section); also under torchrun.
 
     Examples:
 
       steelforge pretrain recipes/demo.yaml --set pretrain.max_steps=20
 
+      steelforge pretrain demo --set model.overrides.num_hidden_layers=2 --force-new-run
+
       torchrun --nproc_per_node 8 -m steelforge.cli pretrain recipes/steel-1b/pretrain.yaml
+
+    To stop a torchrun run cleanly, send SIGTERM to its ranks (pkill -TERM -P <torchrun pid>): they
+    checkpoint and torchrun exits 0; if the launcher dies, the ranks checkpoint and stop on their own.
     """
-    _single_stage("pretrain", recipe, set_, force)
+    _single_stage("pretrain", recipe, set_, force, force_new_run)
 
 
 @app.command()
@@ -349,6 +378,7 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
       steelforge validate recipes/steel-1b/pretrain.yaml --set pretrain.max_steps=10
     """
     loaded = _load(recipe, set_)
+    _preflight(loaded, loaded.stages())
     typer.echo(loaded.to_yaml())
     console.print(f"[green]recipe is valid[/]: stages {', '.join(loaded.stages())}; fingerprint {loaded.fingerprint()}")
 
