@@ -33,6 +33,7 @@ app = typer.Typer(
 
 # stage -> (module, run function, completeness check)
 STAGE_RUNNERS: dict[str, tuple[str, str, str]] = {
+    "tasks": ("steelforge.clean.synthetic_tasks", "run_tasks", "tasks_complete"),
     "data": ("steelforge.clean.pipeline", "run_clean", "clean_complete"),
     "pack": ("steelforge.tokens.pack", "run_pack", "pack_complete"),
     "pretrain": ("steelforge.train.pretrain", "run_pretrain", "pretrain_complete"),

@@ -29,7 +29,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from steelforge.clean.synthetic import _EN_KIDS, _EN_OBJECTS, _ZH_KIDS, _ZH_OBJECTS, _ZH_SYLLABLES, _en_word
+from steelforge.config_base import StrictModel
+from steelforge.reporting import StageReport
 
 Example = dict[str, Any]
 
@@ -354,3 +358,57 @@ def write_task_files(
     )
     put("gsm8k_test", "eval/gsm8k/test.jsonl", _jsonl(word_problems(word_problem_items, rng, _Unique())))
     return paths
+
+
+# ---- the `tasks:` stage -----------------------------------------------------------------------------
+DONE_FILE = "tasks_done.json"
+
+
+class TasksConfig(StrictModel):
+    """The recipe's `tasks:` section: write the demo's post-training and evaluation files under <out_dir>/tasks."""
+
+    output: Path | None = Field(None, description="Folder for the task files (default <out_dir>/tasks).")
+    seed: int = Field(0, description="Seed of the task files (same seed, same bytes).")
+    sft: tuple[int, int] = Field((2000, 100), description="SFT conversations: (train, held-out).")
+    dpo: tuple[int, int] = Field((600, 100), description="Preference pairs: (train, held-out).")
+    grpo: tuple[int, int] = Field(
+        (150, 50), description="RL prompts with verifiable answers: (train, held-out)."
+    )
+    eval_items: int = Field(60, ge=5, description="Multiple-choice test items per evaluation subject.")
+    word_problem_items: int = Field(40, ge=1, description="GSM8K-style generation items.")
+
+
+def _settings(cfg: TasksConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude={"output"})
+
+
+def tasks_complete(recipe: Any) -> bool:
+    """True when the files exist and were written with the recipe's current settings."""
+    marker = recipe.stage_dir("tasks") / DONE_FILE
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("settings") == _settings(recipe.tasks)
+    except ValueError:
+        return False
+
+
+def run_tasks(recipe: Any) -> StageReport:
+    """Write every task file, then the completion marker (last, so an interrupted run writes them again)."""
+    cfg: TasksConfig = recipe.tasks
+    out = recipe.stage_dir("tasks")
+    kwargs = _settings(cfg)
+    paths = write_task_files(out, **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+    _atomic_write(
+        out / DONE_FILE,
+        json.dumps(
+            {"settings": kwargs, "files": sorted(str(p.relative_to(out)) for p in paths.values())}, indent=1
+        )
+        + "\n",
+    )
+    report = StageReport(stage="tasks")
+    for name in ("sft_train", "dpo_train", "grpo_train"):
+        report.add(f"{name} records", sum(1 for _ in paths[name].open(encoding="utf-8")))
+    report.add("evaluation subjects", len(EVAL_SUBJECTS))
+    report.outputs["dir"] = out
+    return report

@@ -465,7 +465,7 @@ def _write_generation_eos(folder: Path, tokenizer: Any) -> None:
         return
     path = Path(folder) / "generation_config.json"
     config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    config["eos_token_id"] = stops if len(stops) > 1 else stops[0]
+    config["eos_token_id"] = stops
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is not None:
         config.setdefault("pad_token_id", int(pad))
