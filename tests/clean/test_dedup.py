@@ -23,6 +23,7 @@ from steelforge.clean.ops.dedup_common import (
     duplicates_from_union_find,
     mixed_token_hashes,
     mixed_tokens,
+    ngrams,
     shingle_hashes,
     shingles,
     token_hashes,
@@ -91,11 +92,14 @@ def test_simhash_language_aware_shingles_chinese_by_character() -> None:
     assert sig.signature("   ") is None
 
 
-def test_shingles_off_by_one_reproduced_only_for_data_juicer() -> None:
+def test_ngram_windows_match_data_juicer_and_repeats_count() -> None:
     tokens = ["a", "b", "c"]
-    assert shingles(tokens, 3, dj_off_by_one=True, language_aware=False) == set()
-    assert shingles(tokens, 3, dj_off_by_one=False, language_aware=True) == {b"a b c"}
-    assert shingles(tokens, 5, dj_off_by_one=False, language_aware=True) == {b"a b c"}
+    assert ngrams(tokens, 3, language_aware=False) == [b"a b c"]  # exactly `window` tokens: one shingle
+    assert ngrams(tokens, 4, language_aware=False) == []
+    assert ngrams(tokens, 5, language_aware=True) == [b"a b c"]
+    assert ngrams(["x", "y", "x", "y"], 2, language_aware=False) == [b"x y", b"y x", b"x y"]
+    assert shingles(["x", "y", "x", "y"], 2, language_aware=False) == {b"x y", b"y x"}
+    assert ngrams("abcd", 3, language_aware=False) == [b"abc", b"bcd"]
 
 
 def _jaccard(a: set, b: set) -> float:

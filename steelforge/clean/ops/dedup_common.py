@@ -82,23 +82,26 @@ def aware_shingle_hashes(text: str, tokenization: str, window: int) -> np.ndarra
     return shingle_hashes(tokens_for(text, tokenization, True), window)
 
 
-def shingles(
-    tokens: list[str] | str, window: int, *, dj_off_by_one: bool, language_aware: bool
-) -> set[bytes]:
-    """Distinct n-gram shingles as UTF-8 bytes.
+def ngrams(tokens: list[str] | str, window: int, *, language_aware: bool) -> list[bytes]:
+    """Every n-gram of `tokens` in order, repeats included, as UTF-8 bytes (words joined by a space).
 
-    `dj_off_by_one` reproduces Data-Juicer's SimHash loop `range(len(tokens) - window)`, which drops the
-    last n-gram (a document of exactly `window` tokens gets none). Language-aware mode shortens the
-    window to the document's length, so only a document without any token has no shingles.
+    The windows start at 0 .. len(tokens) - window, as in Data-Juicer 1.6.1's SimHash and MinHash loops
+    (`range(len(tokens) - window_size + 1)`): a document of exactly `window` tokens has one n-gram, one
+    with fewer has none. Language-aware mode shortens the window to the document's length, so only a
+    document without any token has none.
     """
     n = len(tokens)
     if language_aware:
         window = min(window, n)
         if window == 0:
-            return set()
-    stop = n - window if dj_off_by_one else n - window + 1
+            return []
     joiner = "" if isinstance(tokens, str) else " "
-    return {joiner.join(tokens[i : i + window]).encode("utf-8") for i in range(max(stop, 0))}
+    return [joiner.join(tokens[i : i + window]).encode("utf-8") for i in range(max(n - window + 1, 0))]
+
+
+def shingles(tokens: list[str] | str, window: int, *, language_aware: bool) -> set[bytes]:
+    """Distinct n-gram shingles (`ngrams` as a set: MinHash signs a set, repeats do not count)."""
+    return set(ngrams(tokens, window, language_aware=language_aware))
 
 
 _POLY = np.uint64(0x100000001B3)  # odd multiplier of the rolling n-gram combination (FNV prime)

@@ -125,7 +125,7 @@ class DocumentMinhashDeduplicator(Deduplicator):
     def shingle_set(self, text: str) -> set[bytes]:
         """The document's shingles as strings (the sets a Jaccard similarity is defined over)."""
         return shingles(
-            self._tokens(text), self.window_size, dj_off_by_one=False, language_aware=self.language_aware
+            self._tokens(text), self.window_size, language_aware=self.language_aware
         )
 
     def minhash(self, text: str) -> np.ndarray | None:
