@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from steelforge.clean.ops._dj_tables import DJ_PUNCTUATION_MAP, DJ_WHITESPACE_RANGES
-from steelforge.clean.ops._opencc_legacy import legacy_t2s_config
 from steelforge.clean.ops._text import (
     HAN_CLASS,
     KANA_CLASS,
@@ -422,27 +421,26 @@ _KANA = re.compile(f"[{KANA_CLASS}]+")
 JAPANESE_KANA_SHARE = 0.1
 
 
-def opencc_converter(mode: str, legacy: bool = False) -> Any:
+def opencc_converter(mode: str) -> Any:
     """One OpenCC converter per mode and process (building one reads its dictionaries).
 
-    `legacy` asks for OpenCC 1.1.9's character table where we have it (`t2s`, see `_opencc_legacy`).
+    steelforge pins OpenCC 1.1.9, the version Data-Juicer 1.6.1 pins, for both semantics: one OpenCC can
+    be installed at a time, and 1.1.9's dictionaries give Data-Juicer's outputs exactly (newer ones add
+    phrase entries such as 沈重→沉重 and a wrong 打坏了→打坯了, see docs/clean.md).
     """
-    key = f"{mode}-legacy" if legacy else mode
     with _CONVERTERS_LOCK:
-        if key not in _CONVERTERS:
+        if mode not in _CONVERTERS:
             import opencc
 
-            config = legacy_t2s_config() if legacy and mode == "t2s" else None
-            _CONVERTERS[key] = opencc.OpenCC(config or f"{mode}.json")
-        return _CONVERTERS[key]
+            _CONVERTERS[mode] = opencc.OpenCC(f"{mode}.json")
+        return _CONVERTERS[mode]
 
 
 @register_op("chinese_convert_mapper")
 class ChineseConvertMapper(Mapper):
     """Convert between Simplified, Traditional (Taiwan, Hong Kong) Chinese and Japanese kanji with OpenCC.
 
-    - `data_juicer`: every document is converted; for `t2s` with OpenCC 1.1.9's character table (the
-      version Data-Juicer pins, see `_opencc_legacy`), other modes with the installed OpenCC's.
+    - `data_juicer`: every document is converted with OpenCC 1.1.9 (the version Data-Juicer pins).
     - `language_aware`: Japanese documents (kana at least 10% of the Han + kana characters) are left
       alone unless the mode is a Japanese one (`t2jp`, `jp2t`), since Chinese conversion would rewrite
       their kanji; documents without Han characters are returned without calling OpenCC.
@@ -453,9 +451,8 @@ class ChineseConvertMapper(Mapper):
         if mode not in CHINESE_CONVERT_MODES:
             raise ValueError(f"mode must be one of {', '.join(CHINESE_CONVERT_MODES)}, not {mode!r}")
         self.mode = mode
-        self._legacy = semantics == "data_juicer"
-        opencc_converter(mode, self._legacy)
-        if not self._legacy:
+        opencc_converter(mode)
+        if semantics == "language_aware":
             char_table(_HAN)
             char_table(_KANA)
 
@@ -467,4 +464,4 @@ class ChineseConvertMapper(Mapper):
             kana = count_matches(_KANA, text)
             if "jp" not in self.mode and kana >= JAPANESE_KANA_SHARE * (han + kana):
                 return text
-        return opencc_converter(self.mode, self._legacy).convert(text)
+        return opencc_converter(self.mode).convert(text)
