@@ -381,3 +381,16 @@ def test_minhash_candidate_values_in_memory_or_mapped_file_decide_alike(
     expected = _minhash_reference(op, ids, vectors)
     assert expected
     assert op.find_duplicates(ids, [op.record(v) for v in vectors]) == expected
+
+
+@pytest.mark.parametrize(
+    ("threshold", "num_perm", "fn_weight", "expected"),
+    [(0.7, 256, 0.5, (25, 10)), (0.8, 256, 0.9, (23, 11)), (0.7, 128, 0.5, (14, 9)), (0.5, 64, 0.9, (21, 3))],
+)
+def test_lsh_band_split_is_datasketchs_optimum(
+    threshold: float, num_perm: int, fn_weight: float, expected: tuple[int, int]
+) -> None:
+    from steelforge.clean.ops.dedup_minhash import lsh_bands
+
+    # Values from datasketch 2.0.0's optimiser (the split Data-Juicer 1.6.1 uses for 0.7/256 is (25, 10)).
+    assert lsh_bands(threshold, num_perm, fn_weight) == expected
