@@ -82,7 +82,7 @@ def _decompressor(fmt: str) -> Any:
     return zstandard.ZstdDecompressor().decompressobj()
 
 
-def _decompressed_chunks(path: Path, fmt: str) -> Iterator[bytes]:
+def _decompressed_chunks(path: Path, fmt: str, position: ReadPosition) -> Iterator[bytes]:
     """The decompressed bytes of a `.jsonl.gz` / `.jsonl.zst` file, chunk by chunk.
 
     Decompressor objects instead of `gzip.open` / zstandard's stream reader: those stop silently or with
@@ -95,6 +95,7 @@ def _decompressed_chunks(path: Path, fmt: str) -> Iterator[bytes]:
         dec = _decompressor(fmt)
         started = False  # the current member/frame has received input
         while chunk := raw.read(_READ_CHUNK):
+            position.bytes = raw.tell()
             while chunk:
                 try:
                     out = dec.decompress(chunk)
@@ -111,14 +112,24 @@ def _decompressed_chunks(path: Path, fmt: str) -> Iterator[bytes]:
             raise _Damaged(f"truncated {fmt[7:]} file (it ends before the compressed stream does)")
 
 
-def _raw_lines(path: Path, fmt: str) -> Iterator[bytes]:
+@dataclass
+class ReadPosition:
+    """How far a reader has got into its file, in on-disk bytes (what a progress bar counts)."""
+
+    bytes: int = 0
+
+
+def _raw_lines(path: Path, fmt: str, position: ReadPosition | None = None) -> Iterator[bytes]:
     """The lines of an input file as bytes (with their newline); compressed ones via `_decompressed_chunks`."""
+    position = position if position is not None else ReadPosition()
     if fmt not in (".jsonl.gz", ".jsonl.zst"):
         with open(path, "rb") as stream:
-            yield from stream
+            for line in stream:
+                position.bytes += len(line)
+                yield line
         return
     pending = b""
-    for chunk in _decompressed_chunks(path, fmt):
+    for chunk in _decompressed_chunks(path, fmt, position):
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
         for line in lines:
@@ -171,13 +182,15 @@ def _has_lone_surrogate(row: Any) -> bool:
     return False
 
 
-def _iter_json_lines(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
+def _iter_json_lines(
+    path: Path, fmt: str, position: ReadPosition | None = None
+) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
     """Rows of a JSON-lines file; a damaged compressed file ends with one `BadRecord` naming the damage
     and how many lines were read before it (the partial line at the damage is not parsed)."""
     number = 0
     held: bytes | None = None  # the latest line, parsed only once the next one (or a clean end) shows it whole
     try:
-        for raw in _raw_lines(path, fmt):
+        for raw in _raw_lines(path, fmt, position):
             if held is not None:
                 number += 1
                 parsed = _parse_line(path, number, held)
@@ -276,7 +289,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadReco
             pos = end
 
 
-def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
+def _iter_json(path: Path, position: ReadPosition | None) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
     """A `.json` file holds either one JSON array or JSON lines; the first non-space byte tells."""
     with open(path, "rb") as stream:
         head = stream.read(4096).lstrip()
@@ -284,7 +297,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
         head = head[3:].lstrip()
     if head.startswith(b"["):
         return _iter_json_array(path)
-    return _iter_json_lines(path, ".jsonl")
+    return _iter_json_lines(path, ".jsonl", position)
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
@@ -301,22 +314,34 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]
             yield number, row
 
 
-def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
-    """Rows of one input file as `(line_or_row_number, dict | BadRecord)`, 1-based, streaming."""
+def iter_rows(
+    path: str | Path, position: ReadPosition | None = None
+) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
+    """Rows of one input file as `(line_or_row_number, dict | BadRecord)`, 1-based, streaming.
+
+    `position` follows the bytes read (JSON lines as they go; JSON arrays and parquet at their end).
+    """
     path = Path(path)
     fmt = format_of(path)
     if not path.is_file():
         raise DataError(f"input file '{path}' does not exist")
     if fmt == ".parquet":
-        return _iter_parquet(path)
-    if fmt == ".json":
-        return _iter_json(path)
-    return _iter_json_lines(path, fmt)
+        rows = _iter_parquet(path)
+    elif fmt == ".json":
+        rows = _iter_json(path, position)
+    else:
+        rows = _iter_json_lines(path, fmt, position)
+    return rows if position is None else _then_at_end(rows, position, path.stat().st_size)
 
 
-def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+def _then_at_end(rows: Iterator[Any], position: ReadPosition, size: int) -> Iterator[Any]:
+    yield from rows
+    position.bytes = size
+
+
+def iter_records(path: str | Path, position: ReadPosition | None = None) -> Iterator[dict[str, Any]]:
     """The rows of one input file as dicts; the first malformed row raises `DataError` (file:line)."""
-    for _, row in iter_rows(path):
+    for _, row in iter_rows(path, position):
         if isinstance(row, BadRecord):
             raise DataError(f"{row.file}:{row.line}: {row.reason}; fix or remove that line")
         yield row
@@ -370,7 +395,7 @@ def used_fields(spec: SourceSpec) -> set[str]:
 
 
 def iter_documents(
-    path: str | Path, spec: SourceSpec, *, meta: bool = True
+    path: str | Path, spec: SourceSpec, *, meta: bool = True, position: ReadPosition | None = None
 ) -> Iterator[dict[str, Any] | BadRecord]:
     """Documents `{"id", "text", "source", "meta"}` of one file, or `BadRecord`s for rows that fail.
 
@@ -379,7 +404,7 @@ def iter_documents(
     """
     stem = file_stem(path)
     skip_meta = used_fields(spec)
-    for index, (number, row) in enumerate(iter_rows(path)):
+    for index, (number, row) in enumerate(iter_rows(path, position)):
         if isinstance(row, BadRecord):
             row.source = spec.name
             row.id = f"{spec.name}:{stem}:{index}"

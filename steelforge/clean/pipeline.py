@@ -50,9 +50,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.progress import DownloadColumn, TransferSpeedColumn
+
 from steelforge.clean.clean_config import CleanConfig, SourceSpec
 from steelforge.clean.executors import Executor, SerialExecutor, make_executor
-from steelforge.clean.io import BadRecord, ShardWriter, iter_documents, iter_records
+from steelforge.clean.io import BadRecord, ReadPosition, ShardWriter, iter_documents, iter_records
 from steelforge.clean.ops.base import Deduplicator, Filter, Mapper, Op, build_op
 from steelforge.errors import DataError, SteelforgeError
 from steelforge.reporting import StageReport, console, make_progress, print_table
@@ -469,14 +471,18 @@ class _Run:
         self._errors: dict[str, int] = {}
         self.pieces = plan_pieces(self.ops)
 
-    def piece_input(self, piece: Piece, f: InputFile, dup_of: dict[int, str], offset: int) -> Iterator:
-        """(document, duplicate_of) pairs; bad input rows go to the errors file on the way (piece 0)."""
+    def piece_input(
+        self, piece: Piece, f: InputFile, dup_of: dict[int, str], offset: int, position: ReadPosition
+    ) -> Iterator:
+        """(document, duplicate_of) pairs; bad input rows go to the errors file on the way (piece 0).
+
+        `position` follows the on-disk bytes read (the progress bar's unit)."""
         if piece.index == 0:
             self.layout.errors_dir.mkdir(parents=True, exist_ok=True)
             errors_path = self.layout.errors_dir / f"{f.task}.jsonl"
             tmp = errors_path.with_name(f".{errors_path.name}.tmp")
             with open(tmp, "w", encoding="utf-8") as errors:
-                for item in iter_documents(f.path, f.spec):
+                for item in iter_documents(f.path, f.spec, position=position):
                     if isinstance(item, BadRecord):
                         errors.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
                         self._errors[f.task] = self._errors.get(f.task, 0) + 1
@@ -484,10 +490,26 @@ class _Run:
                         yield item, None
             os.replace(tmp, errors_path)
             return
+        base = 0
+        for shard in self.piece_shards(piece, f):
+            at = ReadPosition()
+            for doc in iter_records(shard, at):
+                position.bytes = base + at.bytes
+                yield doc, dup_of.get(offset)
+                offset += 1
+            base += shard.stat().st_size
+            position.bytes = base
+
+    def piece_shards(self, piece: Piece, f: InputFile) -> list[Path]:
+        """The survivors of the previous piece for input file `f` (what piece `piece` reads)."""
         previous = self.layout.piece_dir(piece.index - 1)
-        shards = sorted(previous.glob(f"{f.task}-[0-9][0-9][0-9][0-9][0-9].jsonl.zst"))
-        for position, doc in enumerate((d for s in shards for d in iter_records(s)), start=offset):
-            yield doc, dup_of.get(position)
+        return sorted(previous.glob(f"{f.task}-[0-9][0-9][0-9][0-9][0-9].jsonl.zst"))
+
+    def input_bytes(self, piece: Piece, f: InputFile) -> int:
+        """On-disk bytes piece `piece` reads for input file `f`."""
+        if piece.index == 0:
+            return f.path.stat().st_size
+        return sum(shard.stat().st_size for shard in self.piece_shards(piece, f))
 
     def run_piece(self, piece: Piece, progress: Any) -> None:
         """Stream every unfinished input file through one piece: one executor stream for all of them."""
@@ -504,9 +526,11 @@ class _Run:
             piece.ops, piece.dedup_before, piece.signer[1] if piece.signer else None, self.trace
         )
         label = f"clean {piece.index + 1}/{len(self.pieces)}"
-        bar = progress.add_task(label, total=len(self.files))
         pending = [f for f in self.files if not (work / f"{f.task}.done").exists()]
-        progress.advance(bar, len(self.files) - len(pending))
+        sizes = {f.task: self.input_bytes(piece, f) for f in pending}
+        done_bytes = sum(self.input_bytes(piece, f) for f in self.files if f.task not in sizes)
+        bar = progress.add_task(label, total=done_bytes + sum(sizes.values()), completed=done_bytes)
+        reading = [done_bytes, ReadPosition()]  # bytes of the files read to the end, position in the current one
         for f in pending:  # a file that was half done starts again from nothing
             _remove_task_outputs(layout.kept if piece.signer is None else work, f.task)
             _remove_task_outputs(layout.rejected, f"{f.task}.p{piece.index}")
@@ -517,11 +541,14 @@ class _Run:
 
         def batches() -> Iterator[list]:
             for f in pending:
-                items = self.piece_input(piece, f, dup_of, offsets.get(f.task, 0))
+                reading[1] = position = ReadPosition()
+                items = self.piece_input(piece, f, dup_of, offsets.get(f.task, 0), position)
                 for batch in _batches(items, self.config.batch_size):
                     tags.append(("batch", f))
                     yield batch
                 tags.append(("end", f))
+                reading[0] += sizes[f.task]
+                reading[1] = ReadPosition()
 
         sink: _FileSink | None = None
         try:
@@ -534,7 +561,11 @@ class _Run:
                 if sink is None or sink.file is not f:
                     sink = _FileSink(self, piece, f)
                 sink.add(result)
-                progress.update(bar, description=f"{label} {f.path.name}: {sink.n_in:,} docs")
+                progress.update(
+                    bar,
+                    completed=reading[0] + reading[1].bytes,
+                    description=f"{label} {f.path.name}: {sink.n_in:,} docs",
+                )
         except BaseException:
             # Files whose every result was written are complete: mark them before the error propagates.
             while tags and tags[0][0] == "end":
@@ -544,6 +575,7 @@ class _Run:
             kind, f = tags.popleft()
             assert kind == "end", "every batch has a result"
             sink = self._close_sink(sink, f, piece, progress, bar)
+        progress.update(bar, completed=done_bytes + sum(sizes.values()))
 
     def _close_sink(
         self, sink: _FileSink | None, f: InputFile, piece: Piece, progress: Any, bar: Any
@@ -551,7 +583,6 @@ class _Run:
         if sink is None or sink.file is not f:  # a file without any valid document
             sink = _FileSink(self, piece, f)
         sink.finish(self._errors.pop(f.task, 0))
-        progress.advance(bar)
         return None
 
     def resolve_duplicates(self, piece: Piece) -> None:
@@ -677,7 +708,7 @@ def run_pipeline(
     start = time.perf_counter()
     pool = make_executor(executor or config.executor, num_workers or config.num_workers)
     run = _Run(config, out_dir, pool, max(trace, config.trace), files)
-    with make_progress() as progress:
+    with make_progress(DownloadColumn(), TransferSpeedColumn()) as progress:
         for piece in run.pieces:
             run.run_piece(piece, progress)
             if piece.signer is not None:

@@ -95,3 +95,50 @@ def test_damaged_file_goes_to_errors_and_the_run_goes_on(tmp_path: Path) -> None
     good = len(_rows(inputs / "a.jsonl.gz")[0])
     assert {f"d{i}" for i in range(good)} <= kept
     assert result.errors == 2 and result.kept + result.rejected == good + 2
+
+
+def test_read_position_counts_on_disk_bytes(tmp_path: Path) -> None:
+    from steelforge.clean.io import ReadPosition
+
+    plain = tmp_path / "p.jsonl"
+    plain.write_bytes(BODY)
+    packed = tmp_path / "z.jsonl.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(BODY))
+    for path in (plain, packed):
+        position = ReadPosition()
+        seen = []
+        for _ in iter_rows(path, position):
+            seen.append(position.bytes)
+        assert seen == sorted(seen) and position.bytes == path.stat().st_size
+
+
+def test_progress_bar_counts_input_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.progress import Progress
+
+    import steelforge.clean.pipeline as pipeline
+
+    updates: list[tuple[float, float | None]] = []
+    progress = Progress(disable=True)
+    original = progress.update
+
+    def update(task_id, **kw):
+        original(task_id, **kw)
+        task = progress.tasks[0]
+        updates.append((task.completed, task.total))
+
+    monkeypatch.setattr(progress, "update", update)
+    monkeypatch.setattr(pipeline, "make_progress", lambda *columns: progress)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        (inputs / f"f{i}.jsonl").write_bytes(BODY)
+    config = CleanConfig(
+        inputs=[{"name": "web", "path": str(inputs / "*.jsonl"), "id_field": "id"}],
+        process=[{"words_num_filter": {}}],
+        batch_size=50,
+    )
+    run_pipeline(config, tmp_path / "out")
+    total = 2 * len(BODY)
+    assert progress.tasks[0].total == total and progress.tasks[0].completed == total
+    partial = [done for done, _ in updates if 0 < done < total]
+    assert len(partial) >= 4  # moves while documents are processed, not once per file
