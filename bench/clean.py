@@ -1,6 +1,7 @@
 """Cleaning throughput of Steel-LLM's text recipe against Data-Juicer and against the I/O floor, in one run.
 
-    .venv/bin/python bench/clean.py [--workers 1 2] [--repeat 3] [--semantics data_juicer language_aware]
+    .venv/bin/python bench/clean.py [--executor local|ray] [--workers 1 2] [--repeat 3]
+        [--semantics data_juicer language_aware]
 
 Runs `recipes/steel-1b/clean_text.yaml` (without `perplexity_filter`, which needs a model) on
 Steel-LLM's text samples in ../shared/data/steel_samples (SkyPile web, Chinese Wikipedia, Baidu
@@ -107,6 +108,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--executor", choices=["local", "ray"], default="local", help="clean/executors.py")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (each: floor, segmentation, every run)")
     parser.add_argument("--semantics", nargs="+", default=["data_juicer", "language_aware"])
     parser.add_argument("--samples", type=Path, default=SAMPLES, help="folder of Steel-LLM's sample files")
@@ -138,7 +140,9 @@ def main() -> None:
                 run_config = config.model_copy(update={"semantics": semantics})
             else:
                 run_config = config.model_copy(update={"process": []})
-            result = run_pipeline(run_config, tmp / f"run-{index}", num_workers=workers, force=True)
+            result = run_pipeline(
+                run_config, tmp / f"run-{index}", num_workers=workers, executor=args.executor, force=True
+            )
             return cpu_seconds() - start, time.perf_counter() - wall, result
 
         runs = [("no operators (pipeline overhead)", 1)]
