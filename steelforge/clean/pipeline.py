@@ -48,7 +48,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.progress import DownloadColumn, TransferSpeedColumn
 
@@ -68,6 +68,26 @@ class OperatorError(SteelforgeError):
     """An operator raised on a document: the run stops instead of silently dropping data."""
 
 
+class OpCounts(NamedTuple):
+    """One operator's counts over a batch (or a file): what crosses from worker processes to the driver.
+
+    A NamedTuple, so it pickles small and its JSON form (a list, in the per-file stats) reads back with
+    `OpCounts(*values)`.
+    """
+
+    docs_in: int
+    docs_out: int
+    chars_in: int
+    chars_out: int
+    seconds: float
+
+    def __add__(self, other: tuple) -> OpCounts:  # type: ignore[override]
+        return OpCounts(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+NO_COUNTS = OpCounts(0, 0, 0, 0, 0.0)
+
+
 @dataclass
 class OpStats:
     """One row of the summary: what an operator received, passed on, and how long it took."""
@@ -80,12 +100,12 @@ class OpStats:
     chars_out: int = 0
     seconds: float = 0.0
 
-    def add(self, values: list[float]) -> None:
-        self.docs_in += int(values[0])
-        self.docs_out += int(values[1])
-        self.chars_in += int(values[2])
-        self.chars_out += int(values[3])
-        self.seconds += float(values[4])
+    def add(self, counts: OpCounts) -> None:
+        self.docs_in += counts.docs_in
+        self.docs_out += counts.docs_out
+        self.chars_in += counts.chars_in
+        self.chars_out += counts.chars_out
+        self.seconds += counts.seconds
 
 
 @dataclass
@@ -140,7 +160,7 @@ class BatchResult:
     kept: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
     signatures: list[Any] | None
-    stats: dict[int, list[float]]
+    stats: dict[int, OpCounts]
     traces: dict[int, list[dict[str, str]]]
     sign_seconds: float = 0.0
     chars_in: int = 0
@@ -175,7 +195,7 @@ class BatchRunner:
 
     def __call__(self, batch: list[tuple[dict[str, Any], str | None]]) -> BatchResult:
         rejected: list[dict[str, Any]] = []
-        stats: dict[int, list[float]] = {}
+        stats: dict[int, OpCounts] = {}
         traces: dict[int, list[dict[str, str]]] = {}
         batch_chars = sum(len(doc["text"]) for doc, _ in batch)
         if self.dedup_before is not None:
@@ -189,7 +209,7 @@ class BatchRunner:
                         rejection(doc, dedup, index, {"stat": "duplicate", "duplicate_of": duplicate_of})
                     )
             chars_in = sum(len(d["text"]) for d, _ in batch)
-            stats[index] = [len(batch), len(alive), chars_in, sum(len(d["text"]) for d in alive), 0.0]
+            stats[index] = OpCounts(len(batch), len(alive), chars_in, sum(len(d["text"]) for d in alive), 0.0)
         else:
             alive = [doc for doc, _ in batch]
         for index, op in self.ops:
@@ -215,13 +235,9 @@ class BatchRunner:
                 raise TypeError(
                     f"operator '{op.name}' is a {op.kind}; only mappers and filters run in a batch"
                 )
-            stats[index] = [
-                n_in,
-                len(alive),
-                chars_in,
-                sum(len(d["text"]) for d in alive),
-                time.perf_counter() - start,
-            ]
+            stats[index] = OpCounts(
+                n_in, len(alive), chars_in, sum(len(d["text"]) for d in alive), time.perf_counter() - start
+            )
         signatures = None
         sign_seconds = 0.0
         if self.signer is not None:
@@ -414,7 +430,7 @@ class _FileSink:
         self.sig_tmp = self.work / f".{f.task}.sig.tmp"
         # Signatures of the survivors, for the deduplicator that follows this piece (if any).
         self.sig_stream = open(self.sig_tmp, "wb") if piece.signer is not None else None  # noqa: SIM115
-        self.totals: dict[int, list[float]] = {}
+        self.totals: dict[int, OpCounts] = {}
         self.traces: dict[int, list[dict[str, str]]] = {}
         self.sign_seconds = 0.0
         self.n_in = self.n_kept = self.n_rejected = self.chars_in = self.chars_out = 0
@@ -427,10 +443,8 @@ class _FileSink:
         if result.signatures is not None and self.sig_stream is not None:
             pairs = [(d["id"], sig) for d, sig in zip(result.kept, result.signatures, strict=True)]
             pickle.dump(pairs, self.sig_stream, protocol=5)
-        for index, values in result.stats.items():
-            row = self.totals.setdefault(index, [0, 0, 0, 0, 0.0])
-            for i, v in enumerate(values):
-                row[i] += v
+        for index, counts in result.stats.items():
+            self.totals[index] = self.totals.get(index, NO_COUNTS) + counts
         for index, examples in result.traces.items():
             have = self.traces.setdefault(index, [])
             have.extend(examples[: max(0, self.trace - len(have))])
@@ -628,7 +642,7 @@ class _Run:
             for f in self.files:
                 stats = json.loads((work / f"{f.task}.json").read_text(encoding="utf-8"))
                 for index, values in stats["ops"].items():
-                    op_stats[int(index)].add(values)
+                    op_stats[int(index)].add(OpCounts(*values))
                 if piece.signer is not None:
                     op_stats[piece.signer[0]].seconds += stats["sign_seconds"]
                 for index, examples in stats["traces"].items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,28 @@ def english_equivalent_length(line: str) -> float:
     han = sum(map(len, runs))
     words = sum(len(rjieba.cut(run, False)) for run in runs)
     return len(line) - han + ENGLISH_CHARS_PER_ZH_WORD * words
+
+
+NGRAM_POLY = 0x100000001B3  # odd multiplier of the rolling n-gram combination (FNV prime)
+
+
+@lru_cache(maxsize=256)
+def _ngram_power(k: int) -> np.uint64:
+    """`NGRAM_POLY ** k` modulo 2**64 (the weight of the k-th token of an n-gram)."""
+    return np.uint64(pow(NGRAM_POLY, k, 1 << 64))
+
+
+def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """The 64-bit polynomial hash of every window of `n` consecutive token hashes `ids` (uint64, in order):
+    `sum(ids[i + k] * NGRAM_POLY**k)`, wrapping. One routine for the character and word repetition filters
+    and the deduplicators' n-grams; empty when there are fewer than `n` ids."""
+    count = len(ids) - n + 1
+    if count <= 0:
+        return np.empty(0, dtype=np.uint64)
+    grams = ids[:count].astype(np.uint64, copy=True)
+    for k in range(1, n):
+        grams += ids[k : k + count] * _ngram_power(k)
+    return grams
 
 
 def dj_round(value: float) -> float:

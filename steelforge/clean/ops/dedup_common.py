@@ -14,6 +14,8 @@ from functools import cache
 import numpy as np
 import regex
 
+from steelforge.clean.ops._text import NGRAM_POLY, ngram_hashes
+
 # One token per CJK character (Han, kana, Hangul); everything else splits on whitespace.
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
 _MIXED_TOKENS = regex.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
@@ -104,7 +106,7 @@ def shingles(tokens: list[str] | str, window: int, *, language_aware: bool) -> s
     return set(ngrams(tokens, window, language_aware=language_aware))
 
 
-_POLY = np.uint64(0x100000001B3)  # odd multiplier of the rolling n-gram combination (FNV prime)
+_POLY = np.uint64(NGRAM_POLY)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -156,17 +158,7 @@ def gram_hashes(ids: np.ndarray, window: int) -> np.ndarray:
     window = min(window, n)
     if window == 0:
         return np.empty(0, dtype=np.uint64)
-    count = n - window + 1
-    grams = ids[:count].copy()
-    for k in range(1, window):
-        grams += ids[k : k + count] * _power(k)
-    return _distinct(_mix64(grams))
-
-
-@cache
-def _power(k: int) -> np.uint64:
-    """`_POLY ** k` modulo 2**64 (the weight of the k-th token of an n-gram)."""
-    return np.uint64(pow(int(_POLY), k, 1 << 64))
+    return _distinct(_mix64(ngram_hashes(ids, window)))
 
 
 @cache
