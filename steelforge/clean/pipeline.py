@@ -23,7 +23,10 @@ in batches run by an executor (`steelforge.clean.executors`); the batch runner a
 deduplicator's signatures for the survivors. Then the deduplicator resolves clusters over all
 signatures (the barrier), and the next piece streams the survivors with those decisions applied.
 Each (piece, input file) writes a completion marker, so an interrupted run resumes at file
-granularity; a file that was half done is redone from scratch.
+granularity; a file that was half done is redone from scratch. The parts, one job each: `_PieceInputs`
+(what a piece reads per file), `_Run` (streams them through the executor), `_FileSink` (one file's
+outputs and completion marker), `resolve_duplicates` (the barrier) and `reconcile` (counts, errors,
+`stats.json`). Per-operator counts cross processes as `OpCounts`.
 
 Memory: documents stream in batches (at most `2 * num_workers` in flight); only the deduplicators'
 signatures of one piece are held together at the barrier (16 bytes per document for exact dedup,
@@ -472,18 +475,13 @@ class _FileSink:
         (self.work / f"{task}.done").touch()
 
 
-class _Run:
-    def __init__(
-        self, config: CleanConfig, out_dir: Path, executor: Executor, trace: int, files: list[InputFile]
-    ):
-        self.config = config
-        self.layout = _Layout(out_dir)
-        self.executor = executor
-        self.trace = trace
-        self.files = files
-        self.ops = [build_op(spec, config.semantics) for spec in config.process]
-        self._errors: dict[str, int] = {}
-        self.pieces = plan_pieces(self.ops)
+class _PieceInputs:
+    """Routing: what each piece reads for each input file (the raw file for the first piece, the previous
+    piece's survivor shards after that), with bad input rows written to the errors folder on the way."""
+
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        self.errors: dict[str, int] = {}  # bad rows per input file task, until its sink is finished
 
     def piece_input(
         self, piece: Piece, f: InputFile, dup_of: dict[int, str], offset: int, position: ReadPosition
@@ -499,7 +497,7 @@ class _Run:
                 for item in iter_documents(f.path, f.spec, position=position):
                     if isinstance(item, BadRecord):
                         errors.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
-                        self._errors[f.task] = self._errors.get(f.task, 0) + 1
+                        self.errors[f.task] = self.errors.get(f.task, 0) + 1
                     else:
                         yield item, None
             os.replace(tmp, errors_path)
@@ -525,6 +523,23 @@ class _Run:
             return f.path.stat().st_size
         return sum(shard.stat().st_size for shard in self.piece_shards(piece, f))
 
+
+
+class _Run:
+    """Streams every input file through each piece on the executor and writes the per-file outputs."""
+
+    def __init__(
+        self, config: CleanConfig, out_dir: Path, executor: Executor, trace: int, files: list[InputFile]
+    ):
+        self.config = config
+        self.layout = _Layout(out_dir)
+        self.executor = executor
+        self.trace = trace
+        self.files = files
+        self.ops = [build_op(spec, config.semantics) for spec in config.process]
+        self.pieces = plan_pieces(self.ops)
+        self.inputs = _PieceInputs(self.layout)
+
     def run_piece(self, piece: Piece, progress: Any) -> None:
         """Stream every unfinished input file through one piece: one executor stream for all of them."""
         layout = self.layout
@@ -541,8 +556,8 @@ class _Run:
         )
         label = f"clean {piece.index + 1}/{len(self.pieces)}"
         pending = [f for f in self.files if not (work / f"{f.task}.done").exists()]
-        sizes = {f.task: self.input_bytes(piece, f) for f in pending}
-        done_bytes = sum(self.input_bytes(piece, f) for f in self.files if f.task not in sizes)
+        sizes = {f.task: self.inputs.input_bytes(piece, f) for f in pending}
+        done_bytes = sum(self.inputs.input_bytes(piece, f) for f in self.files if f.task not in sizes)
         bar = progress.add_task(label, total=done_bytes + sum(sizes.values()), completed=done_bytes)
         reading = [done_bytes, ReadPosition()]  # bytes of the files read to the end, position in the current one
         for f in pending:  # a file that was half done starts again from nothing
@@ -556,7 +571,7 @@ class _Run:
         def batches() -> Iterator[list]:
             for f in pending:
                 reading[1] = position = ReadPosition()
-                items = self.piece_input(piece, f, dup_of, offsets.get(f.task, 0), position)
+                items = self.inputs.piece_input(piece, f, dup_of, offsets.get(f.task, 0), position)
                 for batch in _batches(items, self.config.batch_size):
                     tags.append(("batch", f))
                     yield batch
@@ -596,91 +611,96 @@ class _Run:
     ) -> None:
         if sink is None or sink.file is not f:  # a file without any valid document
             sink = _FileSink(self, piece, f)
-        sink.finish(self._errors.pop(f.task, 0))
+        sink.finish(self.inputs.errors.pop(f.task, 0))
         return None
 
-    def resolve_duplicates(self, piece: Piece) -> None:
-        """The barrier: every signature of this piece's survivors, clusters resolved in input order."""
-        assert piece.signer is not None
-        out = self.layout.work / f"dedup{piece.index}.pkl"
-        if out.exists():
-            return
-        _, dedup = piece.signer
-        start = time.perf_counter()
-        ids: list[str] = []
-        offsets: dict[str, int] = {}
-        paths = [self.layout.piece_dir(piece.index) / f"{f.task}.sig" for f in self.files]
-        for f, path in zip(self.files, paths, strict=True):
-            offsets[f.task] = len(ids)
+
+def resolve_duplicates(layout: _Layout, files: list[InputFile], piece: Piece) -> None:
+    """The dedup barrier: every signature of this piece's survivors, clusters resolved in input order."""
+    assert piece.signer is not None
+    out = layout.work / f"dedup{piece.index}.pkl"
+    if out.exists():
+        return
+    _, dedup = piece.signer
+    start = time.perf_counter()
+    ids: list[str] = []
+    offsets: dict[str, int] = {}
+    paths = [layout.piece_dir(piece.index) / f"{f.task}.sig" for f in files]
+    for f, path in zip(files, paths, strict=True):
+        offsets[f.task] = len(ids)
+        for chunk in _read_pickles(path):
+            ids.extend(doc_id for doc_id, _ in chunk)
+    positions = [str(i) for i in range(len(ids))]
+
+    def chunks() -> Iterator[list[Any]]:
+        """The signatures, in input order, one pickled batch at a time (read again at each call)."""
+        for path in paths:
             for chunk in _read_pickles(path):
-                ids.extend(doc_id for doc_id, _ in chunk)
-        positions = [str(i) for i in range(len(ids))]
+                yield [sig for _, sig in chunk]
 
-        def chunks() -> Iterator[list[Any]]:
-            """The signatures, in input order, one pickled batch at a time (read again at each call)."""
-            for path in paths:
-                for chunk in _read_pickles(path):
-                    yield [sig for _, sig in chunk]
+    found = dedup.find_duplicates_streaming(positions, chunks)
+    duplicate_of = {int(dup): ids[int(kept)] for dup, kept in found.items()}
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as stream:
+        pickle.dump(
+            {"duplicate_of": duplicate_of, "offsets": offsets, "seconds": time.perf_counter() - start},
+            stream,
+        )
+    os.replace(tmp, out)
 
-        found = dedup.find_duplicates_streaming(positions, chunks)
-        duplicate_of = {int(dup): ids[int(kept)] for dup, kept in found.items()}
-        tmp = out.with_name(f".{out.name}.tmp")
-        with open(tmp, "wb") as stream:
-            pickle.dump(
-                {"duplicate_of": duplicate_of, "offsets": offsets, "seconds": time.perf_counter() - start},
-                stream,
-            )
-        os.replace(tmp, out)
 
-    def finish(self, fp: str, seconds: float) -> CleanResult:
-        layout = self.layout
-        op_stats = [OpStats(op.name, op.kind) for op in self.ops]
-        docs_in = kept = rejected = errors = chars_in = chars_out = 0
-        traces: dict[str, list[dict[str, str]]] = {}
-        for piece in self.pieces:
-            work = layout.piece_dir(piece.index)
-            for f in self.files:
-                stats = json.loads((work / f"{f.task}.json").read_text(encoding="utf-8"))
-                for index, values in stats["ops"].items():
-                    op_stats[int(index)].add(OpCounts(*values))
-                if piece.signer is not None:
-                    op_stats[piece.signer[0]].seconds += stats["sign_seconds"]
-                for index, examples in stats["traces"].items():
-                    have = traces.setdefault(f"{int(index)}:{self.ops[int(index)].name}", [])
-                    have.extend(examples[: max(0, self.trace - len(have))])
-                rejected += stats["rejected"]
-                if piece.index == 0:
-                    docs_in += stats["docs_in"]
-                    errors += stats["errors"]
-                    chars_in += stats["chars_in"]
-                if piece.signer is None:
-                    kept += stats["kept"]
-                    chars_out += stats["chars_out"]
+def reconcile(
+    layout: _Layout, ops: list[Op], pieces: list[Piece], files: list[InputFile], trace: int, fp: str, seconds: float
+) -> CleanResult:
+    """Reconciliation: sum the per-file stats of every piece, check that every document read was kept or
+    rejected, merge the errors, write `stats.json` and the success marker."""
+    op_stats = [OpStats(op.name, op.kind) for op in ops]
+    docs_in = kept = rejected = errors = chars_in = chars_out = 0
+    traces: dict[str, list[dict[str, str]]] = {}
+    for piece in pieces:
+        work = layout.piece_dir(piece.index)
+        for f in files:
+            stats = json.loads((work / f"{f.task}.json").read_text(encoding="utf-8"))
+            for index, values in stats["ops"].items():
+                op_stats[int(index)].add(OpCounts(*values))
             if piece.signer is not None:
-                with open(layout.work / f"dedup{piece.index}.pkl", "rb") as stream:
-                    op_stats[piece.signer[0]].seconds += pickle.load(stream)["seconds"]
-        if docs_in != kept + rejected:
-            raise SteelforgeError(
-                f"cleaning lost documents: {docs_in} read, {kept} kept + {rejected} rejected; "
-                f"remove {layout.out} and run again"
-            )
-        with open(layout.errors.with_name(".errors.jsonl.tmp"), "wb") as merged:
-            for f in self.files:
-                part = layout.errors_dir / f"{f.task}.jsonl"
-                merged.write(part.read_bytes())
-        os.replace(layout.errors.with_name(".errors.jsonl.tmp"), layout.errors)
-        kept_paths = sorted(layout.kept.glob("*.jsonl.zst")) if layout.kept.exists() else []
-        rejected_paths = sorted(layout.rejected.glob("*.jsonl.zst")) if layout.rejected.exists() else []
-        result = CleanResult(
-            layout.out, fp, op_stats, docs_in, kept, rejected, errors, kept_paths, rejected_paths,
-            layout.errors, layout.stats, chars_in, chars_out, seconds, False, traces,
-        )  # fmt: skip
-        _write_json(layout.stats, result.to_json())
-        for piece in self.pieces[:-1]:  # intermediate survivors are no longer needed
-            for path in layout.piece_dir(piece.index).glob("*-[0-9][0-9][0-9][0-9][0-9].jsonl.zst"):
-                path.unlink()
-        _write_json(layout.success, {"fingerprint": fp, "kept": kept, "rejected": rejected, "errors": errors})
-        return result
+                op_stats[piece.signer[0]].seconds += stats["sign_seconds"]
+            for index, examples in stats["traces"].items():
+                have = traces.setdefault(f"{int(index)}:{ops[int(index)].name}", [])
+                have.extend(examples[: max(0, trace - len(have))])
+            rejected += stats["rejected"]
+            if piece.index == 0:
+                docs_in += stats["docs_in"]
+                errors += stats["errors"]
+                chars_in += stats["chars_in"]
+            if piece.signer is None:
+                kept += stats["kept"]
+                chars_out += stats["chars_out"]
+        if piece.signer is not None:
+            with open(layout.work / f"dedup{piece.index}.pkl", "rb") as stream:
+                op_stats[piece.signer[0]].seconds += pickle.load(stream)["seconds"]
+    if docs_in != kept + rejected:
+        raise SteelforgeError(
+            f"cleaning lost documents: {docs_in} read, {kept} kept + {rejected} rejected; "
+            f"remove {layout.out} and run again"
+        )
+    with open(layout.errors.with_name(".errors.jsonl.tmp"), "wb") as merged:
+        for f in files:
+            part = layout.errors_dir / f"{f.task}.jsonl"
+            merged.write(part.read_bytes())
+    os.replace(layout.errors.with_name(".errors.jsonl.tmp"), layout.errors)
+    kept_paths = sorted(layout.kept.glob("*.jsonl.zst")) if layout.kept.exists() else []
+    rejected_paths = sorted(layout.rejected.glob("*.jsonl.zst")) if layout.rejected.exists() else []
+    result = CleanResult(
+        layout.out, fp, op_stats, docs_in, kept, rejected, errors, kept_paths, rejected_paths,
+        layout.errors, layout.stats, chars_in, chars_out, seconds, False, traces,
+    )  # fmt: skip
+    _write_json(layout.stats, result.to_json())
+    for piece in pieces[:-1]:  # intermediate survivors are no longer needed
+        for path in layout.piece_dir(piece.index).glob("*-[0-9][0-9][0-9][0-9][0-9].jsonl.zst"):
+            path.unlink()
+    _write_json(layout.success, {"fingerprint": fp, "kept": kept, "rejected": rejected, "errors": errors})
+    return result
 
 
 def is_complete(out_dir: Path, fp: str) -> bool:
@@ -726,8 +746,8 @@ def run_pipeline(
         for piece in run.pieces:
             run.run_piece(piece, progress)
             if piece.signer is not None:
-                run.resolve_duplicates(piece)
-    return run.finish(fp, time.perf_counter() - start)
+                resolve_duplicates(run.layout, files, piece)
+    return reconcile(run.layout, run.ops, run.pieces, files, run.trace, fp, time.perf_counter() - start)
 
 
 # ---- reporting and the stage API ------------------------------------------------------------------
