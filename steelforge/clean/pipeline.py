@@ -39,6 +39,7 @@ with another document).
 
 from __future__ import annotations
 
+import bisect
 import glob
 import hashlib
 import json
@@ -47,8 +48,7 @@ import pickle
 import re
 import shutil
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 from rich.progress import DownloadColumn, TransferSpeedColumn
 
 from steelforge.clean.clean_config import CleanConfig, SourceSpec
-from steelforge.clean.executors import Executor, SerialExecutor, make_executor
+from steelforge.clean.executors import Executor, make_executor
 from steelforge.clean.io import BadRecord, ReadPosition, ShardWriter, iter_documents, iter_records
 from steelforge.clean.ops.base import Deduplicator, Filter, Mapper, Op, build_op
 from steelforge.errors import DataError, SteelforgeError
@@ -399,6 +399,15 @@ def _read_pickles(path: Path) -> Iterator[Any]:
                 return
 
 
+def _write_pickle(path: Path, data: Any) -> None:
+    """Pickle `data` to `path` atomically (aside, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as stream:
+        pickle.dump(data, stream, protocol=5)
+    os.replace(tmp, path)
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
@@ -419,17 +428,17 @@ def _batches(items: Iterable[tuple[dict[str, Any], str | None]], size: int) -> I
 class _FileSink:
     """Outputs of one (piece, input file): kept or intermediate shards, rejected records, signatures, stats."""
 
-    def __init__(self, run: _Run, piece: Piece, f: InputFile) -> None:
+    def __init__(self, layout: _Layout, config: CleanConfig, trace: int, piece: Piece, f: InputFile) -> None:
         self.file = f
         self.piece = piece
-        self.work = run.layout.piece_dir(piece.index)
-        self.trace = run.trace
+        self.work = layout.piece_dir(piece.index)
+        self.trace = trace
         last = piece.signer is None
         self.kept = ShardWriter(
-            run.layout.kept if last else self.work, f.task,
-            max_docs=run.config.shard_max_docs if last else None, max_bytes=run.config.shard_max_bytes,
+            layout.kept if last else self.work, f.task,
+            max_docs=config.shard_max_docs if last else None, max_bytes=config.shard_max_bytes,
         )  # fmt: skip
-        self.rejected = ShardWriter(run.layout.rejected, f"{f.task}.p{piece.index}", max_bytes=None)
+        self.rejected = ShardWriter(layout.rejected, f"{f.task}.p{piece.index}", max_bytes=None)
         self.sig_tmp = self.work / f".{f.task}.sig.tmp"
         # Signatures of the survivors, for the deduplicator that follows this piece (if any).
         self.sig_stream = open(self.sig_tmp, "wb") if piece.signer is not None else None  # noqa: SIM115
@@ -524,14 +533,63 @@ class _PieceInputs:
         return sum(shard.stat().st_size for shard in self.piece_shards(piece, f))
 
 
+@dataclass
+class FileTask:
+    """One (piece, input file), done start to finish by whichever worker runs it.
+
+    The task reads its own input (the raw file, or the previous piece's survivor shards with the barrier's
+    decisions for this file), runs the piece's operators, writes its kept/rejected shards, signatures,
+    statistics and completion marker itself, and returns only a small summary: the driver never holds
+    documents. Outputs of a half-done earlier attempt are removed first, so a retried task (a Ray worker that
+    died, a resumed run) writes the same bytes once. Picklable, operators included: pool workers and Ray
+    tasks run it as is.
+    """
+
+    out_dir: Path
+    config: CleanConfig
+    trace: int
+    piece: Piece
+
+    def __call__(self, f: InputFile, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        layout = _Layout(self.out_dir)
+        piece = self.piece
+        work = layout.piece_dir(piece.index)
+        work.mkdir(parents=True, exist_ok=True)
+        _remove_task_outputs(layout.kept if piece.signer is None else work, f.task)
+        _remove_task_outputs(layout.rejected, f"{f.task}.p{piece.index}")
+        _remove_task_outputs(work, f.task)
+        dup_of: dict[int, str] = {}
+        if piece.dedup_before is not None:
+            with open(_decisions_path(layout, piece.index - 1, f), "rb") as stream:
+                dup_of = pickle.load(stream)
+        runner = BatchRunner(
+            piece.ops, piece.dedup_before, piece.signer[1] if piece.signer else None, self.trace
+        )
+        inputs = _PieceInputs(layout)
+        position = ReadPosition()
+        sink = _FileSink(layout, self.config, self.trace, piece, f)
+        for batch in _batches(inputs.piece_input(piece, f, dup_of, 0, position), self.config.batch_size):
+            sink.add(runner(batch))
+            if on_progress is not None:
+                on_progress(position.bytes, sink.n_in)
+        sink.finish(inputs.errors.pop(f.task, 0))
+        return {"task": f.task, "docs_in": sink.n_in, "kept": sink.n_kept, "rejected": sink.n_rejected}
+
+
+def _decisions_path(layout: _Layout, piece_index: int, f: InputFile) -> Path:
+    """The barrier's duplicate decisions for one input file (its documents' positions within the file)."""
+    return layout.work / f"dedup{piece_index}" / f"{f.task}.pkl"
+
 
 class _Run:
-    """Streams every input file through each piece on the executor and writes the per-file outputs."""
+    """Runs each piece as one `FileTask` per unfinished input file on the executor; the driver only sees
+    per-file summaries (and the dedup barrier's signature files)."""
 
     def __init__(
         self, config: CleanConfig, out_dir: Path, executor: Executor, trace: int, files: list[InputFile]
     ):
         self.config = config
+        self.out_dir = out_dir
         self.layout = _Layout(out_dir)
         self.executor = executor
         self.trace = trace
@@ -541,78 +599,34 @@ class _Run:
         self.inputs = _PieceInputs(self.layout)
 
     def run_piece(self, piece: Piece, progress: Any) -> None:
-        """Stream every unfinished input file through one piece: one executor stream for all of them."""
-        layout = self.layout
-        work = layout.piece_dir(piece.index)
+        """Every unfinished input file through one piece; progress in input bytes."""
+        work = self.layout.piece_dir(piece.index)
         work.mkdir(parents=True, exist_ok=True)
-        dup_of: dict[int, str] = {}
-        offsets: dict[str, int] = {}
-        if piece.dedup_before is not None:
-            with open(layout.work / f"dedup{piece.index - 1}.pkl", "rb") as stream:
-                saved = pickle.load(stream)
-            dup_of, offsets = saved["duplicate_of"], saved["offsets"]
-        runner = BatchRunner(
-            piece.ops, piece.dedup_before, piece.signer[1] if piece.signer else None, self.trace
-        )
         label = f"clean {piece.index + 1}/{len(self.pieces)}"
         pending = [f for f in self.files if not (work / f"{f.task}.done").exists()]
         sizes = {f.task: self.inputs.input_bytes(piece, f) for f in pending}
-        done_bytes = sum(self.inputs.input_bytes(piece, f) for f in self.files if f.task not in sizes)
-        bar = progress.add_task(label, total=done_bytes + sum(sizes.values()), completed=done_bytes)
-        reading = [done_bytes, ReadPosition()]  # bytes of the files read to the end, position in the current one
-        for f in pending:  # a file that was half done starts again from nothing
-            _remove_task_outputs(layout.kept if piece.signer is None else work, f.task)
-            _remove_task_outputs(layout.rejected, f"{f.task}.p{piece.index}")
-            _remove_task_outputs(work, f.task)
-        # The producer tags each batch with its file and marks where each file ends; results come back
-        # in the same order, so the consumer knows which file's outputs a result belongs to.
-        tags: deque[tuple[str, InputFile]] = deque()
-
-        def batches() -> Iterator[list]:
+        done = sum(self.inputs.input_bytes(piece, f) for f in self.files if f.task not in sizes)
+        bar = progress.add_task(label, total=done + sum(sizes.values()), completed=done)
+        task = FileTask(self.out_dir, self.config, self.trace, piece)
+        # Applying dedup decisions alone is bookkeeping: not worth shipping to workers.
+        parallel = self.executor.num_workers > 1 or self.executor.name == "ray"
+        if not parallel or not (piece.ops or piece.signer is not None):
             for f in pending:
-                reading[1] = position = ReadPosition()
-                items = self.inputs.piece_input(piece, f, dup_of, offsets.get(f.task, 0), position)
-                for batch in _batches(items, self.config.batch_size):
-                    tags.append(("batch", f))
-                    yield batch
-                tags.append(("end", f))
-                reading[0] += sizes[f.task]
-                reading[1] = ReadPosition()
 
-        sink: _FileSink | None = None
-        try:
-            # Applying dedup decisions alone is bookkeeping: not worth shipping batches to workers.
-            executor = self.executor if piece.ops or piece.signer is not None else SerialExecutor()
-            for result in executor.run(runner, batches()):
-                while tags[0][0] == "end":
-                    sink = self._close_sink(sink, tags.popleft()[1], piece, progress, bar)
-                f = tags.popleft()[1]
-                if sink is None or sink.file is not f:
-                    sink = _FileSink(self, piece, f)
-                sink.add(result)
-                progress.update(
-                    bar,
-                    completed=reading[0] + reading[1].bytes,
-                    description=f"{label} {f.path.name}: {sink.n_in:,} docs",
-                )
-        except BaseException:
-            # Files whose every result was written are complete: mark them before the error propagates.
-            while tags and tags[0][0] == "end":
-                sink = self._close_sink(sink, tags.popleft()[1], piece, progress, bar)
-            raise
-        while tags:
-            kind, f = tags.popleft()
-            assert kind == "end", "every batch has a result"
-            sink = self._close_sink(sink, f, piece, progress, bar)
-        progress.update(bar, completed=done_bytes + sum(sizes.values()))
+                def moved(position: int, docs: int, f: InputFile = f, start: int = done) -> None:
+                    progress.update(
+                        bar, completed=start + position, description=f"{label} {f.path.name}: {docs:,} docs"
+                    )
 
-    def _close_sink(
-        self, sink: _FileSink | None, f: InputFile, piece: Piece, progress: Any, bar: Any
-    ) -> None:
-        if sink is None or sink.file is not f:  # a file without any valid document
-            sink = _FileSink(self, piece, f)
-        sink.finish(self.inputs.errors.pop(f.task, 0))
-        return None
+                task(f, moved)
+                done += sizes[f.task]
+                progress.update(bar, completed=done)
+            return
+        for f, summary in zip(pending, self.executor.run(task, pending), strict=True):
+            done += sizes[f.task]
+            progress.update(
+                bar, completed=done, description=f"{label} {f.path.name}: {summary['docs_in']:,} docs"
+            )
 
 
 def resolve_duplicates(layout: _Layout, files: list[InputFile], piece: Piece) -> None:
@@ -639,18 +653,27 @@ def resolve_duplicates(layout: _Layout, files: list[InputFile], piece: Piece) ->
                 yield [sig for _, sig in chunk]
 
     found = dedup.find_duplicates_streaming(positions, chunks)
-    duplicate_of = {int(dup): ids[int(kept)] for dup, kept in found.items()}
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as stream:
-        pickle.dump(
-            {"duplicate_of": duplicate_of, "offsets": offsets, "seconds": time.perf_counter() - start},
-            stream,
-        )
-    os.replace(tmp, out)
+    # One decision file per input file (positions within that file), so each file task loads only its own.
+    per_file: dict[str, dict[int, str]] = {f.task: {} for f in files}
+    starts = sorted((offset, task) for task, offset in offsets.items())
+    begins = [offset for offset, _ in starts]
+    for dup, kept in found.items():
+        at = bisect.bisect_right(begins, int(dup)) - 1
+        offset, task = starts[at]
+        per_file[task][int(dup) - offset] = ids[int(kept)]
+    for f in files:
+        _write_pickle(_decisions_path(layout, piece.index, f), per_file[f.task])
+    _write_pickle(out, {"duplicates": len(found), "seconds": time.perf_counter() - start})
 
 
 def reconcile(
-    layout: _Layout, ops: list[Op], pieces: list[Piece], files: list[InputFile], trace: int, fp: str, seconds: float
+    layout: _Layout,
+    ops: list[Op],
+    pieces: list[Piece],
+    files: list[InputFile],
+    trace: int,
+    fp: str,
+    seconds: float,
 ) -> CleanResult:
     """Reconciliation: sum the per-file stats of every piece, check that every document read was kept or
     rejected, merge the errors, write `stats.json` and the success marker."""

@@ -138,3 +138,38 @@ def test_killed_worker_then_resume_gives_the_same_output(
     resumed = run_pipeline(config(glob), tmp_path / "out", num_workers=2)
     assert (resumed.kept, resumed.rejected) == (reference.kept, reference.rejected)
     assert outputs(tmp_path / "out") == outputs(tmp_path / "ref")
+
+
+def test_driver_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
+    """10x more input files (and documents): the driver's peak Python memory stays within +10%, because file
+    tasks read, clean and write their documents in the workers and return only a summary."""
+    import json
+    import tracemalloc
+
+    def corpus(root: Path, files: int) -> str:
+        root.mkdir(parents=True)
+        filler = "words that make the document about a kilobyte long " * 20
+        for f in range(files):
+            lines = [json.dumps({"id": f"{f}-{i}", "text": f"document {f} {i} {filler}"}) for i in range(300)]
+            (root / f"f{f:03d}.jsonl").write_text("\n".join(lines) + "\n")
+        return str(root / "*.jsonl")
+
+    def peak(glob: str, out: Path) -> int:
+        cfg = CleanConfig(
+            inputs=[{"name": "web", "path": glob, "id_field": "id"}],
+            process=[{"words_num_filter": {"min_num": 5}}, {"text_length_filter": {"min_len": 20}}],
+            batch_size=100,
+        )
+        tracemalloc.start()
+        try:
+            result = run_pipeline(cfg, out, num_workers=2)
+            return tracemalloc.get_traced_memory()[1], result.kept
+        finally:
+            tracemalloc.stop()
+
+    small, large = corpus(tmp_path / "small", 3), corpus(tmp_path / "large", 30)
+    peak(small, tmp_path / "warm")  # operator tables and imports, built once per process
+    small_peak, small_kept = peak(small, tmp_path / "a")
+    large_peak, large_kept = peak(large, tmp_path / "b")
+    assert (small_kept, large_kept) == (900, 9000)
+    assert large_peak <= 1.10 * small_peak, (small_peak, large_peak)
