@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +21,44 @@ from steelforge.clean.io import ShardWriter, read_shards  # noqa: E402
 from steelforge.clean.pipeline import run_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.slow
-PORT = "6391"
+PORT = "6397"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`ray start --head --block` in its own process group (stopped by signalling that group only: other
+    Ray instances on the machine are left alone), token auth off for this local test cluster."""
     if ray.is_initialized():
         ray.shutdown()
     exe = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # workers import this checkout
     temp = tmp_path_factory.mktemp("ray")
-    start = [exe, "start", "--head", "--num-cpus", "2", "--port", PORT, "--node-ip-address", "127.0.0.1",
-             "--include-dashboard", "false", "--temp-dir", str(temp), "--disable-usage-stats"]  # fmt: skip
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    log = temp / "head.log"
+    start = [exe, "start", "--head", "--block", "--num-cpus", "2", "--port", PORT, "--node-ip-address",
+             "127.0.0.1", "--include-dashboard", "false", "--temp-dir", str(temp), "--disable-usage-stats"]  # fmt: skip
+    with open(log, "wb") as out:
+        head = subprocess.Popen(start, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        deadline = time.monotonic() + 180
+        while b"Ray runtime started" not in log.read_bytes():
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start --head did not come up: {log.read_text()[-2000:]}")
+            time.sleep(1)
         ray.init(address=f"127.0.0.1:{PORT}", log_to_driver=False)
         yield ray
     finally:
         ray.shutdown()
-        subprocess.run([exe, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
 
 
 def test_attached_cluster_writes_the_same_bytes_as_local(cluster: Any, tmp_path: Path) -> None:
