@@ -1,9 +1,8 @@
 """Where the pipeline's work items (one input file of one piece) run: in-process, a local pool, or Ray tasks.
 
-Every executor takes a picklable `runner` (a callable holding the operators of one pipeline
-segment) and an iterator of batches, and yields the runner's results **in input order** with a
-bounded number of batches in flight, so memory stays flat however large the input is and the
-output does not depend on the number of workers.
+Every executor takes a picklable `runner` (the pipeline's `FileTask`: one piece's operators, which
+reads, cleans and writes one input file) and an iterator of items (input files), and yields the
+runner's results (small per-file summaries) **in input order** with a bounded number in flight.
 
 - `serial`: the runner in this process (one worker; simplest to debug).
 - `local`: `concurrent.futures.ProcessPoolExecutor`; the runner reaches each worker once through

@@ -18,18 +18,20 @@ Output layout under `out_dir`: `kept/*.jsonl.zst` (`{"id","text","source","meta"
 `errors.jsonl` (`{"file","line","reason","id","source","excerpt"}`), `stats.json`, `_SUCCESS`
 (recipe fingerprint) and `work/` (per-file completion markers, statistics, intermediate shards).
 
-Execution: the process list is cut at each deduplicator. Each piece streams input files in order,
-in batches run by an executor (`steelforge.clean.executors`); the batch runner also computes the next
-deduplicator's signatures for the survivors. Then the deduplicator resolves clusters over all
-signatures (the barrier), and the next piece streams the survivors with those decisions applied.
-Each (piece, input file) writes a completion marker, so an interrupted run resumes at file
-granularity; a file that was half done is redone from scratch. The parts, one job each: `_PieceInputs`
-(what a piece reads per file), `_Run` (streams them through the executor), `_FileSink` (one file's
-outputs and completion marker), `resolve_duplicates` (the barrier) and `reconcile` (counts, errors,
-`stats.json`). Per-operator counts cross processes as `OpCounts`.
+Execution: the process list is cut at each deduplicator. Each piece runs one `FileTask` per input
+file on an executor (`steelforge.clean.executors`: in-process, a process pool, or Ray tasks): the task
+reads its file, runs the operators in batches (the batch runner also computes the next deduplicator's
+signatures for the survivors), writes its outputs and completion marker and returns a summary. Then
+the deduplicator resolves clusters over all signatures (the barrier) and writes each file's decisions,
+and the next piece's tasks read the survivors with those decisions applied. An interrupted run resumes
+at file granularity; a file that was half done is redone from scratch. The parts, one job each:
+`_PieceInputs` (what a piece reads per file), `FileTask` (one file through one piece), `_FileSink` (one
+file's outputs and completion marker), `_Run` (file tasks on the executor, progress),
+`resolve_duplicates` (the barrier) and `reconcile` (counts, errors, `stats.json`). Per-operator
+counts cross processes as `OpCounts`.
 
-Memory: documents stream in batches (at most `2 * num_workers` in flight); only the deduplicators'
-signatures of one piece are held together at the barrier (16 bytes per document for exact dedup,
+Memory: documents stream in batches inside the file tasks; the driver holds per-file summaries and, at
+the barrier, the deduplicators' signatures of one piece (16 bytes per document for exact dedup,
 8 for SimHash, 8 per LSH band for MinHash), plus the duplicate map. The barrier calls the
 deduplicator's `find_duplicates_streaming(ids, read)`, which reads the signature files itself
 (`read()` yields them again, in chunks): MinHash keeps only the band keys of every document and reads
