@@ -56,8 +56,37 @@ def _call_worker(batch: Any) -> Any:
     return _WORKER_RUNNER(batch)
 
 
+def ordered_pool_map(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    num_workers: int,
+    *,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+    mp_context: Any = None,
+) -> Iterator[Any]:
+    """`fn(item)` for each item on a process pool, yielded **in input order**, at most `2 * num_workers`
+    in flight (memory stays flat however long `items` is). The one ordered pool of the project: cleaning's
+    local executor and packing's tokenizer workers both run on it."""
+    window = 2 * num_workers
+    with ProcessPoolExecutor(
+        num_workers, mp_context=mp_context, initializer=initializer, initargs=initargs
+    ) as pool:
+        pending: deque[Future[Any]] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 class LocalExecutor:
-    """A process pool per `run` call; at most `2 * num_workers` batches in flight."""
+    """A process pool per `run` call (`ordered_pool_map`); the runner reaches each worker once."""
 
     name = "local"
 
@@ -65,19 +94,9 @@ class LocalExecutor:
         self.num_workers = num_workers
 
     def run(self, runner: Runner, batches: Iterable[Any]) -> Iterator[Any]:
-        window = 2 * self.num_workers
-        with ProcessPoolExecutor(self.num_workers, initializer=_init_worker, initargs=(runner,)) as pool:
-            pending: deque[Future[Any]] = deque()
-            try:
-                for batch in batches:
-                    pending.append(pool.submit(_call_worker, batch))
-                    if len(pending) >= window:
-                        yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
-            finally:
-                for future in pending:
-                    future.cancel()
+        yield from ordered_pool_map(
+            _call_worker, batches, self.num_workers, initializer=_init_worker, initargs=(runner,)
+        )
 
 
 def _ray_call(runner: Runner, item: Any) -> Any:
