@@ -68,5 +68,5 @@ def test_non_han_text_measures_as_characters_and_unit_is_checked() -> None:
     assert _max("ab\ncdef") == 4
     with pytest.raises(ValueError, match="unit must be one of"):
         AverageLineLengthFilter(unit="bytes")
-    with pytest.raises(ValueError, match="only in language_aware"):
-        AverageLineLengthFilter(unit="english_chars", semantics="data_juicer")
+    dj = AverageLineLengthFilter(unit="english_chars", semantics="data_juicer")  # Data-Juicer counts characters
+    assert dj.compute_stats("中文句子")["avg_line_length"] == 4
