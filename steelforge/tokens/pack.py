@@ -18,13 +18,13 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from steelforge.clean.executors import ordered_pool_map
 from steelforge.errors import DataError, SteelforgeError
 from steelforge.reporting import StageReport, console, make_progress
 from steelforge.stage import publish_dir
@@ -145,17 +145,10 @@ def encode_batches(
         for texts in batches:
             yield _encode(texts)
         return
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(
-        num_workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer_json, False)
-    ) as pool:
-        pending: deque[Future] = deque()
-        for texts in batches:
-            pending.append(pool.submit(_encode, texts))
-            if len(pending) >= 2 * num_workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    yield from ordered_pool_map(
+        _encode, batches, num_workers, initializer=_init_worker, initargs=(tokenizer_json, False),
+        mp_context=get_context("spawn"),
+    )  # fmt: skip
 
 
 def resolve_separator(tokenizer: Any, value: str | None) -> str | None:
