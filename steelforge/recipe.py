@@ -21,13 +21,14 @@ from steelforge.clean.clean_config import CleanConfig
 from steelforge.config_base import StrictModel
 from steelforge.errors import RecipeError
 from steelforge.models.config import ModelSpec
+from steelforge.posttrain.config import DPOConfig, SFTConfig
 from steelforge.tokens.pack_config import PackConfig
 from steelforge.train.config import PretrainConfig
 
 # Stage names in run order; `steelforge run` walks them and skips sections a recipe leaves out.
-STAGES: tuple[str, ...] = ("data", "pack", "pretrain")
+STAGES: tuple[str, ...] = ("data", "pack", "pretrain", "sft", "dpo")
 # Stages of the full lifecycle that this version does not implement yet.
-PLANNED_STAGES: tuple[str, ...] = ("sft", "dpo", "grpo", "eval", "export")
+PLANNED_STAGES: tuple[str, ...] = ("grpo", "eval", "export")
 
 
 class Recipe(StrictModel):
@@ -45,11 +46,24 @@ class Recipe(StrictModel):
     pack: PackConfig | None = Field(None, description="Tokenize and pack documents into a token store.")
     model: ModelSpec | None = Field(None, description="The model: a preset, an HF folder or an official Steel-LLM folder.")
     pretrain: PretrainConfig | None = Field(None, description="Causal-LM pretraining on a token store.")
+    sft: SFTConfig | None = Field(None, description="Supervised fine-tuning on conversations (assistant tokens).")
+    dpo: DPOConfig | None = Field(None, description="Direct preference optimisation against a frozen reference.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
         if self.pretrain is not None and self.model is None:
             raise ValueError("the pretrain stage needs a 'model:' section (e.g. model: {preset: tiny-steel})")
+        for stage, previous in (("sft", ("pretrain",)), ("dpo", ("sft", "pretrain"))):
+            section = getattr(self, stage)
+            if section is None:
+                continue
+            if not section.datasets:
+                raise ValueError(f"the {stage} stage needs datasets (e.g. {stage}: {{datasets: [{{path: data.jsonl}}]}})")
+            if section.model is None and self.model is None and all(getattr(self, p) is None for p in previous):
+                raise ValueError(
+                    f"the {stage} stage has no model source: set {stage}.model (a preset or model folder) or a "
+                    f"top-level 'model:' section"
+                )
         return self
 
     # ---- paths -----------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Tiny chat fixtures for the SFT/DPO tests: a character tokenizer, a synthetic bilingual task, recipes."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+SPECIALS = ["<|endoftext|>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+CHARS = sorted(set("0123456789 \n:+=abcdefghijklmnopqrstuvwxyz.,?!'ABCDEFGHIJKLMNOPQRSTUVWXYZ重复反转加倒序和是"))
+TASKS_EN = {"repeat": lambda d: d, "reverse": lambda d: d[::-1]}
+TASKS_ZH = {"重复": lambda d: d, "反转": lambda d: d[::-1]}
+
+
+def char_tokenizer(folder: Path) -> Path:
+    """A character-level fast tokenizer with ChatML and Tülu special tokens (offsets work like any fast one)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    raw.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=SPECIALS[3:])  # fmt: skip
+    tok.save_pretrained(folder)
+    return folder
+
+
+def task_example(rng: random.Random) -> tuple[str, str]:
+    """(prompt, answer): repeat / reverse digits or add two small numbers, in English or Chinese."""
+    kind = rng.randrange(3)
+    zh = rng.random() < 0.5
+    if kind == 2:
+        a, b = rng.randrange(10), rng.randrange(10)
+        return (f"加 {a}+{b}" if zh else f"add {a}+{b}"), str(a + b)
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randrange(3, 5)))
+    name = (list(TASKS_ZH) if zh else list(TASKS_EN))[kind]
+    fn = (TASKS_ZH if zh else TASKS_EN)[name]
+    return f"{name} {digits}", fn(digits)
+
+
+def split_task(n_train: int, n_test: int, seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    rng = random.Random(seed)
+    seen: dict[str, str] = {}
+    while len(seen) < n_train + n_test:
+        p, a = task_example(rng)
+        seen.setdefault(p, a)
+    items = list(seen.items())
+    rng.shuffle(items)
+    return items[n_test:], items[:n_test]
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def sft_records(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]} for p, a in pairs]
+
+
+def wrong_answer(answer: str, rng: random.Random) -> str:
+    """A plausible wrong answer: one digit changed (answers of one digit get another digit)."""
+    i = rng.randrange(len(answer))
+    new = rng.choice([d for d in "0123456789" if d != answer[i]])
+    return answer[:i] + new + answer[i + 1 :]
+
+
+def pair_records(pairs: list[tuple[str, str]], seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [{"prompt": p, "chosen": a, "rejected": wrong_answer(a, rng)} for p, a in pairs]
+
+
+TINY_MODEL = {
+    "preset": "tiny-moxin",
+    "overrides": {
+        "vocab_size": len(SPECIALS) + len(CHARS),
+        "hidden_size": 64,
+        "head_dim": 16,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "sliding_window": 256,
+        "max_position_embeddings": 256,
+    },
+}
+
+
+def recipe_dict(root: Path, tokenizer: Path, stage: str, section: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    return {"name": stage, "out_dir": str(root), "seed": seed, "tokenizer": str(tokenizer),
+            stage: {"model": TINY_MODEL, "chat_template": "tulu", **section}}  # fmt: skip
