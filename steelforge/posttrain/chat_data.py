@@ -206,7 +206,7 @@ def prepared_key(datasets: list[ChatDataset], tokenizer_fp: str, template: str, 
             {"path": str(d.path), "name": d.label, "format": d.format, "max_samples": d.max_samples,
              "sha256": file_fingerprint(d.path) if d.path.is_file() else None}
             for d in datasets
-        ],  # fmt: skip
+        ],
         "tokenizer": tokenizer_fp,
         "template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16],
         **settings,
@@ -494,7 +494,7 @@ def epoch_selection(dataset_of: np.ndarray, weights: list[float | None], seed: i
         for i, m in enumerate(members):
             if not active[i]:
                 continue
-            take = min(len(m), int(math.floor(total * w[i] / w[active].sum() + 1e-9)))
+            take = min(len(m), math.floor(total * w[i] / w[active].sum() + 1e-9))
             parts.append(rng.choice(m, size=take, replace=False) if take < len(m) else m)
         chosen = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return rng.permutation(chosen)
@@ -556,11 +556,11 @@ class _EpochStream:
     def total_rows(self) -> int:
         """Rows in `epochs` passes (fractional epochs take the first share of the last one)."""
         epochs = self.epochs or 1.0
-        whole = int(math.floor(epochs))
+        whole = math.floor(epochs)
         total = sum(len(self.epoch_rows(e)) for e in range(whole))
         frac = epochs - whole
         if frac > 1e-9:
-            total += int(math.floor(frac * len(self.epoch_rows(whole))))
+            total += math.floor(frac * len(self.epoch_rows(whole)))
         return total
 
     def row(self, cursor: int) -> list[int]:
@@ -688,5 +688,5 @@ def token_statistics(lengths: np.ndarray, trained: np.ndarray) -> list[tuple[str
         ("trained tokens", int(trained.sum())),
         ("trained share", f"{trained.sum() / max(lengths.sum(), 1):.1%}"),
         ("length mean / p50 / p95 / max", f"{lengths.mean():.0f} / {np.percentile(lengths, 50):.0f} / "
-                                          f"{np.percentile(lengths, 95):.0f} / {lengths.max()}"),  # fmt: skip
+                                          f"{np.percentile(lengths, 95):.0f} / {lengths.max()}"),
     ]

@@ -151,7 +151,12 @@ def prepare(recipe: Any, cfg: DPOConfig, tokenizer: Any, fingerprint: str, templ
 def run_dpo(recipe: Any) -> StageReport:
     """Optimise the policy on preference pairs against the frozen reference; resumes automatically."""
     from steelforge.posttrain.stage import (
-        check_source_exists, data_report_rows, load_frozen, load_policy, load_tokenizer_and_template, model_source,
+        check_source_exists,
+        data_report_rows,
+        load_frozen,
+        load_policy,
+        load_tokenizer_and_template,
+        model_source,
         run_engine,
     )  # fmt: skip
     from steelforge.tokenizers.registry import check_vocab_compat

@@ -87,7 +87,12 @@ def total_steps(cfg: SFTConfig, loader: SFTLoader, rows_per_step: int) -> int:
 def run_sft(recipe: Any) -> StageReport:
     """Fine-tune the starting model on the recipe's conversations; resumes from the newest checkpoint."""
     from steelforge.posttrain.stage import (
-        check_source_exists, data_report_rows, load_policy, load_tokenizer_and_template, model_source, run_engine,
+        check_source_exists,
+        data_report_rows,
+        load_policy,
+        load_tokenizer_and_template,
+        model_source,
+        run_engine,
     )  # fmt: skip
     from steelforge.tokenizers.registry import check_vocab_compat
     from steelforge.train.distributed import init_distributed
@@ -119,7 +124,7 @@ def run_sft(recipe: Any) -> StageReport:
                                packing=cfg.packing, pad_id=pad_id)  # fmt: skip
         n_batches = max(1, math.ceil(val_loader.stream.total_rows() / val_loader.rows_per_micro_step()))
         eval_fn = make_validation(loss_fn, DeviceBatches(val_loader, env.device), n_batches, cfg, env)  # type: ignore[arg-type]
-    report, summary = run_engine(
+    report, _summary = run_engine(
         stage="sft", recipe=recipe, section=cfg, env=env, model=model, peft_model=peft_model, tokenizer=tokenizer,
         loss_fn=loss_fn, loader=loader, grad_accum=grad_accum, max_steps=max_steps,
         tokens_per_step=lambda: loader.tokens_ahead(grad_accum), done_file=DONE_FILE, eval_fn=eval_fn,

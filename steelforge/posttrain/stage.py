@@ -75,7 +75,7 @@ def load_policy(spec: ModelSpec, section: PosttrainBase, env: DistEnv, seed: int
         peft_model = get_peft_model(
             model,
             LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                       task_type="CAUSAL_LM"),  # fmt: skip
+                       task_type="CAUSAL_LM"),
         )
         model = peft_model.get_base_model()  # the same modules, adapters injected; trained directly
     parallelize(model, env.mesh, section.speed, section.parallel)
@@ -128,7 +128,7 @@ def warmup_steps(section: PosttrainBase, total_steps: int) -> Any:
     """The schedule config with `warmup_ratio` turned into steps and the length set to the run's."""
     update: dict[str, Any] = {"total_steps": section.schedule.total_steps or total_steps}
     if section.warmup_ratio is not None:
-        update["warmup_steps"] = int(math.ceil(section.warmup_ratio * total_steps))
+        update["warmup_steps"] = math.ceil(section.warmup_ratio * total_steps)
     return section.schedule.model_copy(update=update)
 
 
