@@ -90,3 +90,71 @@ TINY_MODEL = {
 def recipe_dict(root: Path, tokenizer: Path, stage: str, section: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     return {"name": stage, "out_dir": str(root), "seed": seed, "tokenizer": str(tokenizer),
             stage: {"model": TINY_MODEL, "chat_template": "tulu", **section}}  # fmt: skip
+
+
+def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def cli(stage: str, recipe_path: Path, *extra: str, quiet: bool = True) -> Any:
+    """`steelforge <stage> RECIPE` in a subprocess with one thread (PYTHONPATH passed through)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH", "")])),
+               OMP_NUM_THREADS="1", STEELFORGE_QUIET="1" if quiet else "0", COLUMNS="200")  # fmt: skip
+    code = "import sys, torch; torch.set_num_threads(1); from steelforge.cli import main; sys.argv[0]='steelforge'; main()"
+    return subprocess.Popen([sys.executable, "-c", code, stage, str(recipe_path), *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def kill_after_checkpoint(proc: Any, checkpoints: Path, timeout: float = 120.0) -> None:
+    """SIGKILL the process as soon as a complete checkpoint exists (mid-run, before the end)."""
+    import signal
+    import time
+
+    from steelforge.train.checkpoint import Checkpointer
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if checkpoints.is_dir() and Checkpointer(checkpoints).latest() is not None:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before its first checkpoint: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def run_in_process(stage: str, recipe_path: Path) -> Any:
+    """The stage here with one thread, like the CLI subprocesses (same kernels, same bits)."""
+    import torch
+
+    from steelforge.cli import run_stage
+    from steelforge.recipe import load_recipe
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_stage(stage, load_recipe(recipe_path), force=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    got, ref = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert got.keys() == ref.keys()
+    for name in ref:
+        if atol == 0.0:
+            assert torch.equal(got[name], ref[name]), f"{name} differs"
+        else:
+            torch.testing.assert_close(got[name], ref[name], atol=atol, rtol=1e-4, msg=f"{name} differs")
