@@ -34,7 +34,7 @@ def model_source(recipe: Any, stage: str) -> ModelSpec:
         return section.model
     for previous in PREVIOUS[stage]:
         if getattr(recipe, previous, None) is not None:
-            return ModelSpec(path=recipe.stage_dir(previous) / "hf")
+            return ModelSpec(path=str(recipe.stage_dir(previous) / "hf"))
     if recipe.model is not None:
         return recipe.model
     raise RecipeError(f"the {stage} stage has no model: set {stage}.model (a preset or a model folder)")
