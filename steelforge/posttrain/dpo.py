@@ -99,7 +99,8 @@ def _ref_key(spec: Any, data: PairData, folder: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def precompute_reference(spec: Any, cfg: DPOConfig, data: PairData, loader: PairLoader, out: Path, env: Any) -> None:
+def precompute_reference(spec: Any, cfg: DPOConfig, data: PairData, loader: PairLoader, out: Path, env: Any,
+                         seed: int) -> None:
     """Score every pair with the reference once (ranks split the pairs), store it, then free the reference."""
     from steelforge.posttrain.stage import load_frozen
 
@@ -110,7 +111,7 @@ def precompute_reference(spec: Any, cfg: DPOConfig, data: PairData, loader: Pair
         if saved.get("key") == key:
             loader.ref_logps = saved["logps"]
             return
-    reference = load_frozen(spec, cfg, env)
+    reference = load_frozen(spec, cfg, env, seed)
     mine = list(range(env.rank, len(data), env.world_size))
     logps = torch.zeros(len(data), 2, dtype=torch.float64)
     step = max(1, cfg.micro_batch_size)
@@ -177,9 +178,9 @@ def run_dpo(recipe: Any) -> StageReport:
                         seed=recipe.seed, epochs=cfg.epochs, pad_id=pad_id)  # fmt: skip
     reference = None
     if cfg.precompute_ref_logps:
-        precompute_reference(spec, cfg, data, loader, out, env)
+        precompute_reference(spec, cfg, data, loader, out, env, recipe.seed)
     else:
-        reference = load_frozen(spec, cfg, env)
+        reference = load_frozen(spec, cfg, env, recipe.seed)
     model, peft_model = load_policy(spec, cfg, env, recipe.seed)
     check_vocab_compat(tokenizer, model.config.vocab_size)
     max_steps = cfg.max_steps or max(1, loader.stream.total_rows() // pairs_per_step)

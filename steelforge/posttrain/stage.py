@@ -82,10 +82,12 @@ def load_policy(spec: ModelSpec, section: PosttrainBase, env: DistEnv, seed: int
     return model, peft_model
 
 
-def load_frozen(spec: ModelSpec, section: PosttrainBase, env: DistEnv) -> nn.Module:
-    """A frozen, eval-mode copy of the starting weights (DPO's reference)."""
+def load_frozen(spec: ModelSpec, section: PosttrainBase, env: DistEnv, seed: int) -> nn.Module:
+    """A frozen, eval-mode copy of the starting weights (DPO's reference); a preset is initialised with the
+    policy's seed so that both start from the same weights."""
     from steelforge.models.loading import load_model
 
+    torch.manual_seed(seed)
     model = load_model(spec, dtype=torch.float32, device=env.device)
     model.requires_grad_(False)
     parallelize(model, env.mesh, section.speed, section.parallel)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,17 @@ from steelforge.posttrain.chat_data import PairData, PairLoader, Ragged
 from steelforge.posttrain.dpo import dpo_objective, reward_accuracy, score_pairs
 
 from ._chat_helpers import (
-    char_tokenizer, cli, kill_after_checkpoint, pair_records, recipe_dict, run_in_process, same_weights, sft_records,
-    split_task, write_jsonl, write_recipe,
+    char_tokenizer,
+    cli,
+    kill_after_checkpoint,
+    pair_records,
+    recipe_dict,
+    run_in_process,
+    same_weights,
+    sft_records,
+    split_task,
+    write_jsonl,
+    write_recipe,
 )  # fmt: skip
 from .conftest import load_tiny
 
@@ -161,19 +169,6 @@ def test_dpo_resumes_after_sigkill_to_the_uninterrupted_weights(pairs) -> None:
     same_weights(root / "killed" / "dpo" / "hf", root / "reference" / "dpo" / "hf")
 
 
-def two_process_worker() -> None:
-    """Under torchrun: the SFT and DPO stages on 2 ranks (micro-batch 2 each)."""
-    from steelforge.cli import run_stage
-    from steelforge.recipe import load_recipe
-    from steelforge.train.distributed import destroy_distributed
-
-    torch.set_num_threads(1)
-    out = Path(os.environ["STEELFORGE_TEST_OUT"])
-    run_stage("sft", load_recipe(out / "sft_2.yaml"), force=True)
-    run_stage("dpo", load_recipe(out / "dpo_2.yaml"), force=True)
-    destroy_distributed()
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.timeout(300)
@@ -196,6 +191,6 @@ def test_two_gloo_processes_equal_one(tmp_path: Path) -> None:
         write_recipe(tmp_path / f"dpo_{world}.yaml", recipe_dict(tmp_path / f"w{world}", tok_dir, "dpo", dpo))
     run_in_process("sft", tmp_path / "sft_1.yaml")
     run_in_process("dpo", tmp_path / "dpo_1.yaml")
-    run_distributed(two_process_worker, nproc=2, timeout=240, env={"STEELFORGE_TEST_OUT": str(tmp_path)})
+    run_distributed(Path(__file__).with_name("_dist_worker.py"), nproc=2, timeout=240, env={"STEELFORGE_TEST_OUT": str(tmp_path)})
     for stage in ("sft", "dpo"):
         same_weights(tmp_path / "w2" / stage / "hf", tmp_path / "w1" / stage / "hf", atol=2e-5)
