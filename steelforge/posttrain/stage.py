@@ -68,7 +68,10 @@ def load_policy(spec: ModelSpec, section: PosttrainBase, env: DistEnv, seed: int
     model = load_model(spec, dtype=torch.float32, device=env.device)
     peft_model = None
     if section.lora is not None:
-        from peft import LoraConfig, get_peft_model
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise RecipeError("the lora: setting needs peft; install it with pip install 'steelforge[lora]'") from None
 
         lora = section.lora
         targets: Any = lora.target_modules[0] if lora.target_modules == ["all-linear"] else lora.target_modules

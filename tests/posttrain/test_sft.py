@@ -139,3 +139,14 @@ def test_sft_resumes_after_sigkill_to_the_uninterrupted_weights(task) -> None:
     assert any(k == "resumed from" for k, _ in report.rows)
     run_in_process("sft", paths["reference"])
     same_weights(root / "killed" / "sft" / "hf", root / "reference" / "sft" / "hf")
+
+
+@pytest.mark.parametrize("name", ["steel-1b/sft", "steel-1b/dpo", "moxin-7b/sft", "moxin-7b/dpo"])
+def test_embedded_recipes_validate(name: str) -> None:
+    from steelforge.recipe import load_recipe
+
+    recipe = load_recipe(name)
+    section = recipe.sft or recipe.dpo
+    assert section is not None and section.datasets
+    if recipe.dpo is not None:
+        assert recipe.dpo.loss_type == ("sigmoid_norm" if name.startswith("moxin") else "sigmoid")
