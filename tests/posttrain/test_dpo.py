@@ -68,7 +68,7 @@ def test_objective_matches_trl_on_its_fixture_batch(trl_dir, dpo_data, loss_type
 
 
 def test_precomputed_reference_equals_the_live_reference(trl_dir, dpo_data) -> None:
-    inputs, reference = dpo_data
+    inputs, _ = dpo_data
     loader = PairLoader(_fixture_pairs(inputs), micro_batch_size=4, pad_id=0)
     ref = load_tiny(trl_dir / "tiny_reference")
     loader.ref_logps = score_pairs(ref, loader, list(range(4)), torch.device("cpu"), batch_size=3)

@@ -113,7 +113,7 @@ def test_dry_run_prints_statistics_and_trained_spans(task) -> None:
 
 
 def test_recipe_errors_are_one_sentence(task, tmp_path: Path) -> None:
-    root, tok_dir, train, _ = task
+    _, tok_dir, _, _ = task
     recipe = write_recipe(tmp_path / "bad.yaml", recipe_dict(tmp_path, tok_dir, "sft", {"datasets": [], "cutoff_len": 64}))
     proc = cli("sft", recipe, quiet=False)
     out, err = proc.communicate(timeout=120)
