@@ -101,24 +101,35 @@ def test_lora_trains_adapters_only_and_exports_merged(task) -> None:
 
 
 def test_dry_run_prints_statistics_and_trained_spans(task) -> None:
+    """`steelforge sft RECIPE --dry-run` (the typer app, in-process) tokenizes and shows, never trains."""
+    from typer.testing import CliRunner
+
+    from steelforge.cli import app
+    from steelforge.reporting import console
+
     root, tok_dir, train, _ = task
     recipe = write_recipe(root / "dry.yaml", recipe_dict(root / "dry", tok_dir, "sft", {
         "datasets": [{"path": str(train), "max_samples": 50}], "cutoff_len": 64}))  # fmt: skip
-    proc = cli("sft", recipe, "--dry-run", quiet=False)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    text = out + err  # the console writes to stderr
+    with console.capture() as captured:
+        result = CliRunner().invoke(app, ["sft", str(recipe), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    text = captured.get()
     assert "example 3" in text and "trained tokens" in text and "records kept" in text
+    assert (root / "dry" / "sft" / "data" / "prepared.json").is_file()
     assert not (root / "dry" / "sft" / "checkpoints").exists()
 
 
 def test_recipe_errors_are_one_sentence(task, tmp_path: Path) -> None:
+    from steelforge.errors import RecipeError
+    from steelforge.recipe import load_recipe
+
     _, tok_dir, _, _ = task
     recipe = write_recipe(tmp_path / "bad.yaml", recipe_dict(tmp_path, tok_dir, "sft", {"datasets": [], "cutoff_len": 64}))
-    proc = cli("sft", recipe, quiet=False)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2
-    assert "the sft stage needs datasets" in out + err
+    with pytest.raises(RecipeError, match="the sft stage needs datasets"):
+        load_recipe(recipe)
+    recipe = write_recipe(tmp_path / "bad2.yaml", {"sft": {"datasets": [{"path": "x.jsonl"}]}})
+    with pytest.raises(RecipeError, match="no model source"):
+        load_recipe(recipe)
 
 
 @pytest.mark.slow
