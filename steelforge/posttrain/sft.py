@@ -145,9 +145,13 @@ def highlighted(tokenizer: Any, ids: np.ndarray, mask: np.ndarray) -> Any:
     from rich.text import Text
 
     text = Text()
-    for token, trained in zip(ids.tolist(), mask.tolist(), strict=True):
-        piece = tokenizer.decode([token])
-        text.append(piece, style="bold green on grey15" if trained else "dim")
+    ids_list, flags = ids.tolist(), mask.tolist()
+    start = 0
+    for end in range(1, len(ids_list) + 1):  # decode runs, so multi-byte characters split over tokens stay whole
+        if end == len(ids_list) or flags[end] != flags[start]:
+            piece = tokenizer.decode(ids_list[start:end])
+            text.append(piece, style="bold green on grey15" if flags[start] else "dim")
+            start = end
     return text
 
 
