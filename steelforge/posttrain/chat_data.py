@@ -31,6 +31,7 @@ import torch
 from steelforge.errors import DataError
 from steelforge.posttrain.config import ChatDataset
 from steelforge.posttrain.templates import TemplateMismatch, tokenize_with_mask
+from steelforge.reporting import track
 
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -191,6 +192,15 @@ def read_jsonl(path: Path, errors: ErrorLog) -> Iterator[tuple[int, dict[str, An
         errors.add(path, 0, "the file has no records", "empty file")
 
 
+def _count_lines(path: Path) -> int | None:
+    """Lines in a file (the progress bar's total), None when it cannot be read (the reader reports that)."""
+    try:
+        with path.open("rb") as fh:
+            return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return None
+
+
 # ---- fingerprints and the prepared folder ------------------------------------------------------------
 def file_fingerprint(path: Path) -> str:
     h = hashlib.sha256()
@@ -303,7 +313,7 @@ def prepare_sft(datasets: list[ChatDataset], tokenizer: Any, tokenizer_fp: str, 
         ids_rows, mask_rows, owner = [], [], []
         for d_index, d in enumerate(datasets):
             kept = 0
-            for line, record in read_jsonl(d.path, errors):
+            for line, record in track(read_jsonl(d.path, errors), f"tokenize {d.label}", total=_count_lines(d.path)):
                 if d.max_samples is not None and kept >= d.max_samples:
                     break
                 try:
@@ -429,7 +439,7 @@ def prepare_pairs(datasets: list[ChatDataset], tokenizer: Any, tokenizer_fp: str
         owner = []
         for d_index, d in enumerate(datasets):
             kept = 0
-            for line, record in read_jsonl(d.path, errors):
+            for line, record in track(read_jsonl(d.path, errors), f"tokenize {d.label}", total=_count_lines(d.path)):
                 if d.max_samples is not None and kept >= d.max_samples:
                     break
                 try:
