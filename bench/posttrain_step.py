@@ -22,6 +22,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,11 +121,13 @@ def case_steelforge(stage: str, work: Path, args: argparse.Namespace) -> dict[st
         "model": {"path": str(work / "model")}, "chat_template": "auto", "cutoff_len": args.max_len,
         "datasets": [{"path": str(work / f"{stage}.jsonl")}], "micro_batch_size": args.batch, "max_steps": args.steps,
         "optim": {"lr": 1e-4, "weight_decay": 0.0}, "schedule": {"kind": "constant"}, "log_every": 1,
-        "tensorboard": False, "checkpoint": {"every": None, "export_final": False}, "clip_grad_norm": 1.0,
+        "tensorboard": False, "checkpoint": {"every": None, "export_final": False, "resume": "none"},
+        "clip_grad_norm": 1.0,
     }  # fmt: skip
     if stage == "dpo":
         section.update({"beta": 0.1, "loss_type": "sigmoid"})
     out = work / f"sf-{stage}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: never resume from or read an earlier case's files
     recipe = recipe_from_dict({"name": "bench", "out_dir": str(out), "seed": 0, "tokenizer": str(work / "model"),
                                stage: section})  # fmt: skip
     torch.set_num_threads(args.threads)
