@@ -36,6 +36,7 @@ STAGE_RUNNERS: dict[str, tuple[str, str, str]] = {
     "data": ("steelforge.clean.pipeline", "run_clean", "clean_complete"),
     "pack": ("steelforge.tokens.pack", "run_pack", "pack_complete"),
     "pretrain": ("steelforge.train.pretrain", "run_pretrain", "pretrain_complete"),
+    "eval": ("steelforge.eval.stage", "run_eval_stage", "eval_complete"),
 }
 
 RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or the name of an embedded recipe (e.g. demo).")]
@@ -153,6 +154,15 @@ def pretrain(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) ->
       torchrun --nproc_per_node 8 -m steelforge.cli pretrain recipes/steel-1b/pretrain.yaml
     """
     _single_stage("pretrain", recipe, set_, force)
+
+
+def _register_eval() -> None:
+    from steelforge.eval.cli import eval_command  # typer only at import time
+
+    app.command("eval")(eval_command)
+
+
+_register_eval()
 
 
 @app.command()

@@ -20,14 +20,15 @@ from pydantic import Field, ValidationError, model_validator
 from steelforge.clean.clean_config import CleanConfig
 from steelforge.config_base import StrictModel
 from steelforge.errors import RecipeError
+from steelforge.eval.config import EvalConfig
 from steelforge.models.config import ModelSpec
 from steelforge.tokens.pack_config import PackConfig
 from steelforge.train.config import PretrainConfig
 
 # Stage names in run order; `steelforge run` walks them and skips sections a recipe leaves out.
-STAGES: tuple[str, ...] = ("data", "pack", "pretrain")
+STAGES: tuple[str, ...] = ("data", "pack", "pretrain", "eval")
 # Stages of the full lifecycle that this version does not implement yet.
-PLANNED_STAGES: tuple[str, ...] = ("sft", "dpo", "grpo", "eval", "export")
+PLANNED_STAGES: tuple[str, ...] = ("sft", "dpo", "grpo", "export")
 
 
 class Recipe(StrictModel):
@@ -45,6 +46,7 @@ class Recipe(StrictModel):
     pack: PackConfig | None = Field(None, description="Tokenize and pack documents into a token store.")
     model: ModelSpec | None = Field(None, description="The model: a preset, an HF folder or an official Steel-LLM folder.")
     pretrain: PretrainConfig | None = Field(None, description="Causal-LM pretraining on a token store.")
+    eval: EvalConfig | None = Field(None, description="Evaluate models side by side on local benchmark files.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
