@@ -30,7 +30,9 @@ except ImportError:  # the [eval] extra is optional; run_harness names the fix
 class SteelforgeLM(LM):  # type: ignore[misc,valid-type]
     """An lm-eval model backed by an in-memory causal LM and its tokenizer."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, batch_size: int = 16, max_length: int = 2048) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, *, batch_size: int = 16, max_length: int = 2048
+    ) -> None:
         super().__init__()
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -60,7 +62,11 @@ class SteelforgeLM(LM):  # type: ignore[misc,valid-type]
         out = []
         for r in requests:
             (text,) = r.args
-            out.append(scoring.loglikelihoods(self.model, self.tokenizer, [("", text)], max_length=self.max_length)[0])
+            out.append(
+                scoring.loglikelihoods(self.model, self.tokenizer, [("", text)], max_length=self.max_length)[
+                    0
+                ]
+            )
         return out
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
@@ -94,11 +100,15 @@ def run_harness(
         from lm_eval.tasks import TaskManager
         from lm_eval.utils import make_table
     except ImportError:
-        raise SteelforgeError("--harness needs lm-evaluation-harness; install the extra: pip install 'steelforge[eval]'") from None
+        raise SteelforgeError(
+            "--harness needs lm-evaluation-harness; install the extra: pip install 'steelforge[eval]'"
+        ) from None
     manager = TaskManager(include_path=str(include_path) if include_path else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise SteelforgeError(f"lm-eval knows no task {', '.join(unknown)}; check the name or pass --include-path")
+        raise SteelforgeError(
+            f"lm-eval knows no task {', '.join(unknown)}; check the name or pass --include-path"
+        )
     lm = SteelforgeLM(model, tokenizer, batch_size=batch_size)
     res = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                                   log_samples=False, bootstrap_iters=0)  # fmt: skip

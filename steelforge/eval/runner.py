@@ -55,7 +55,9 @@ def parse_tasks(spec: str | Sequence[str]) -> list[str]:
     names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
     unknown = [t for t in names if t not in ALL_TASKS]
     if unknown or not names:
-        raise SteelforgeError(f"--tasks {','.join(unknown) or '(empty)'} is unknown; choose from {', '.join(ALL_TASKS)}")
+        raise SteelforgeError(
+            f"--tasks {','.join(unknown) or '(empty)'} is unknown; choose from {', '.join(ALL_TASKS)}"
+        )
     return names
 
 
@@ -75,7 +77,9 @@ def load_items(task: str, opts: EvalOptions, tokenizer: Any) -> list[Any]:
         )  # fmt: skip
     if task in COMPLETION_TASKS:
         return completion.load(task, folder, num_fewshot=shots, limit=opts.limit)
-    return generation.load(task, folder, num_fewshot=shots, limit=opts.limit, tokenizer=tokenizer, chat=opts.chat)
+    return generation.load(
+        task, folder, num_fewshot=shots, limit=opts.limit, tokenizer=tokenizer, chat=opts.chat
+    )
 
 
 # ---- scoring + aggregation --------------------------------------------------------------------------------
@@ -203,12 +207,22 @@ def evaluate(
                 warnings.warn(f"{exc} (task '{task}' skipped)", stacklevel=2)
                 results["skipped"][task] = str(exc)
                 continue
-            runner = run_letters if task in LETTER_TASKS else run_completions if task in COMPLETION_TASKS else run_generation
+            runner = (
+                run_letters
+                if task in LETTER_TASKS
+                else run_completions
+                if task in COMPLETION_TASKS
+                else run_generation
+            )
             t0 = time.perf_counter()
             if show_progress and not quiet():
                 with make_progress() as bar:
-                    tid = bar.add_task(f"eval {task}", total=len(items) * (4 if task in COMPLETION_TASKS else 1))
-                    res, samples = runner(task, items, model, tokenizer, opts, lambda n, t=tid: bar.advance(t, n))
+                    tid = bar.add_task(
+                        f"eval {task}", total=len(items) * (4 if task in COMPLETION_TASKS else 1)
+                    )
+                    res, samples = runner(
+                        task, items, model, tokenizer, opts, lambda n, t=tid: bar.advance(t, n)
+                    )
             else:
                 res, samples = runner(task, items, model, tokenizer, opts, None)
             timings[task] = time.perf_counter() - t0
@@ -219,7 +233,10 @@ def evaluate(
     finally:
         model.train(was_training)
     if out_dir is not None:
-        _write_atomic(Path(out_dir) / "results.json", json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        _write_atomic(
+            Path(out_dir) / "results.json",
+            json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
+        )
     results["_seconds"] = timings
     return results
 
@@ -234,24 +251,36 @@ def markdown_table(results: dict[str, Any]) -> str:
                 extra.append(f"{key} {100 * r[key]:.2f}")
         extra += [f"{k} {100 * v:.2f}" for k, v in r.get("categories", {}).items()]
         extra += [f"{k} {100 * v:.2f}" for k, v in r.items() if k.startswith("pass@") and k != "pass@1"]
-        lines.append(f"| {task} | {100 * r['accuracy']:.2f} | {100 * r['average']:.2f} | {r['n']} | {'; '.join(extra)} |")
+        lines.append(
+            f"| {task} | {100 * r['accuracy']:.2f} | {100 * r['average']:.2f} | {r['n']} | {'; '.join(extra)} |"
+        )
     for task, why in results.get("skipped", {}).items():
         lines.append(f"| {task} | skipped | | | {why} |")
     return "\n".join(lines)
 
 
-def load_for_eval(model_dir: str | Path, dtype: str = "float32", device: str | None = None) -> tuple[nn.Module, Any]:
+def load_for_eval(
+    model_dir: str | Path, dtype: str = "float32", device: str | None = None
+) -> tuple[nn.Module, Any]:
     """An HF/Steel folder and its tokenizer (the folder's own, else the recipe default qwen1.5)."""
     from steelforge.models.loading import load_model
     from steelforge.tokenizers import load_tokenizer
 
     path = Path(model_dir)
     if not (path / "config.json").is_file():
-        raise SteelforgeError(f"model folder {path} has no config.json; pass an exported HF folder (e.g. runs/x/pretrain/hf)")
+        raise SteelforgeError(
+            f"model folder {path} has no config.json; pass an exported HF folder (e.g. runs/x/pretrain/hf)"
+        )
     if dtype not in ("float32", "bfloat16", "float16"):
         raise SteelforgeError(f"--dtype {dtype} is unknown; use float32 or bfloat16")
-    model = load_model(str(path), dtype=dtype, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tok_src = str(path) if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file() else "qwen1.5"
+    model = load_model(
+        str(path), dtype=dtype, device=device or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    tok_src = (
+        str(path)
+        if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
+        else "qwen1.5"
+    )
     return model.eval(), load_tokenizer(tok_src)
 
 
@@ -266,7 +295,9 @@ def make_eval_probe(
     opts = EvalOptions(tasks=parse_tasks(list(tasks)), data_dir=Path(data_dir), num_fewshot=num_fewshot, limit=limit,
                        batch_size=batch_size, on_error="stop")  # fmt: skip
     if any(t in GENERATION_TASKS for t in opts.tasks):
-        raise SteelforgeError("the training probe scores likelihood tasks only; drop gsm8k/math500 from its tasks")
+        raise SteelforgeError(
+            "the training probe scores likelihood tasks only; drop gsm8k/math500 from its tasks"
+        )
     prepared = {t: load_items(t, opts, tokenizer) for t in opts.tasks}
 
     def probe(model: nn.Module) -> dict[str, float]:

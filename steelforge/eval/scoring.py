@@ -157,7 +157,9 @@ def loglikelihoods(
     for context, continuation in pairs:
         ctx, cont = encode_pair(tokenizer, context, continuation)
         if not cont:
-            raise TaskDataError(f"continuation {continuation!r} encodes to no tokens; every choice needs text")
+            raise TaskDataError(
+                f"continuation {continuation!r} encodes to no tokens; every choice needs text"
+            )
         full = (ctx + cont)[-(max_length + 1) :]
         rows.append(full)
         n_cont.append(min(len(cont), len(full) - 1))
@@ -185,7 +187,9 @@ def score_completions(
 ) -> list[list[float]]:  # fmt: skip
     """Per item, the log-likelihood of each choice's continuation."""
     pairs = [(c, t) for it in items for c, t in zip(it.contexts, it.continuations, strict=True)]
-    flat = loglikelihoods(model, tokenizer, pairs, max_length=max_length, batch_size=batch_size, progress=progress)
+    flat = loglikelihoods(
+        model, tokenizer, pairs, max_length=max_length, batch_size=batch_size, progress=progress
+    )
     out, pos = [], 0
     for it in items:
         out.append(flat[pos : pos + len(it.continuations)])
@@ -198,7 +202,9 @@ def completion_metrics(lls: Sequence[float], choices: Sequence[str], gold: int) 
     acc_bytes (ll / UTF-8 bytes of the choice); np.argmax semantics (first maximum)."""
     pred = argmax_first(lls)
     pred_norm = argmax_first([ll / float(len(c)) for ll, c in zip(lls, choices, strict=True)])
-    pred_bytes = argmax_first([ll / float(len(c.encode("utf-8"))) for ll, c in zip(lls, choices, strict=True)])
+    pred_bytes = argmax_first(
+        [ll / float(len(c.encode("utf-8"))) for ll, c in zip(lls, choices, strict=True)]
+    )
     return {
         "acc": float(pred == gold), "acc_norm": float(pred_norm == gold), "acc_bytes": float(pred_bytes == gold),
         "pred": pred, "pred_norm": pred_norm,

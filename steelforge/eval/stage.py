@@ -18,7 +18,9 @@ def _models(recipe: Any) -> dict[str, Path]:
     if cfg.models:
         return {name: Path(path) for name, path in cfg.models.items()}
     if recipe.pretrain is None:
-        raise RecipeError("eval.models is empty and the recipe has no pretrain stage; add eval.models: {name: folder}")
+        raise RecipeError(
+            "eval.models is empty and the recipe has no pretrain stage; add eval.models: {name: folder}"
+        )
     return {"pretrain": recipe.stage_dir("pretrain") / "hf"}
 
 
@@ -63,7 +65,9 @@ def run_eval_stage(recipe: Any) -> StageReport:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{DONE_FILE}.tmp"
     (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
-    tmp.write_text(json.dumps({"recipe_hash": recipe.fingerprint(), "models": list(results)}), encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"recipe_hash": recipe.fingerprint(), "models": list(results)}), encoding="utf-8"
+    )
     os.replace(tmp, out / DONE_FILE)
     report = StageReport(stage="eval")
     for name, res in results.items():

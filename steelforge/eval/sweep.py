@@ -36,7 +36,9 @@ def find_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
     """Exported checkpoints under run_dir (itself or one level of stage folders), oldest first."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise SteelforgeError(f"run folder {run_dir} does not exist; pass a run's output folder (e.g. runs/demo)")
+        raise SteelforgeError(
+            f"run folder {run_dir} does not exist; pass a run's output folder (e.g. runs/demo)"
+        )
     folders = [run_dir, *sorted(p for p in run_dir.iterdir() if p.is_dir())]
     found = []
     for folder in folders:
@@ -48,10 +50,19 @@ def find_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
                 step = int(m.group(1))
                 found.append({"path": p, "step": step, "tokens": tokens.get(step)})
         if (folder / "hf" / "config.json").is_file():
-            found.append({"path": folder / "hf", "step": last_step, "tokens": tokens.get(last_step or -1), "final": True})
+            found.append(
+                {
+                    "path": folder / "hf",
+                    "step": last_step,
+                    "tokens": tokens.get(last_step or -1),
+                    "final": True,
+                }
+            )
     found.sort(key=lambda c: (c["step"] is None, c["step"] or 0, str(c["path"])))
     if not found:
-        raise SteelforgeError(f"{run_dir} holds no exported checkpoints (hf-step_*/ or hf/); set pretrain.checkpoint.export_steps")
+        raise SteelforgeError(
+            f"{run_dir} holds no exported checkpoints (hf-step_*/ or hf/); set pretrain.checkpoint.export_steps"
+        )
     return found
 
 
@@ -96,11 +107,16 @@ def run_sweep(
 
 def sweep_table(records: list[dict[str, Any]]) -> str:
     tasks = sorted({t for r in records for t in r["accuracy"]})
-    lines = ["| checkpoint | step | tokens | " + " | ".join(tasks) + " |", "|---|---:|---:|" + "---:|" * len(tasks)]
+    lines = [
+        "| checkpoint | step | tokens | " + " | ".join(tasks) + " |",
+        "|---|---:|---:|" + "---:|" * len(tasks),
+    ]
     for r in records:
         accs = " | ".join(f"{100 * r['accuracy'][t]:.2f}" if t in r["accuracy"] else "" for t in tasks)
         tokens = f"{r['tokens']:,.0f}" if r["tokens"] is not None else ""
-        lines.append(f"| {r['checkpoint']} | {r['step'] if r['step'] is not None else ''} | {tokens} | {accs} |")
+        lines.append(
+            f"| {r['checkpoint']} | {r['step'] if r['step'] is not None else ''} | {tokens} | {accs} |"
+        )
     return "\n".join(lines)
 
 

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 
-def write_cmmlu(root: Path, subjects: dict[str, list[tuple[str, str, str, str, str, str]]], dev_rows: int = 2) -> Path:
+def write_cmmlu(
+    root: Path, subjects: dict[str, list[tuple[str, str, str, str, str, str]]], dev_rows: int = 2
+) -> Path:
     """A CMMLU folder in the published layout: dev/ and test/ <subject>.csv with an unnamed index column."""
     import csv
 
@@ -45,7 +47,9 @@ class _TableDecoder(nn.Module):
 class StubLM(nn.Module):
     """A "model" whose next-token logits for A-D after a given prompt are set by hand (0 elsewhere)."""
 
-    def __init__(self, tokenizer, prompts_to_logits: dict[str, list[float]], letters=("A", "B", "C", "D")) -> None:
+    def __init__(
+        self, tokenizer, prompts_to_logits: dict[str, list[float]], letters=("A", "B", "C", "D")
+    ) -> None:
         super().__init__()
         table = {tuple(tokenizer(p)["input_ids"]): v for p, v in prompts_to_logits.items()}
         self.model = _TableDecoder(table)

@@ -41,7 +41,9 @@ def run_dir(tmp_path_factory, qwen_tok):
     for step, seed in ((2, 1), (4, 2)):
         _tiny_model(stage / f"hf-step_{step:09d}", seed, qwen_tok)
     _tiny_model(stage / "hf", 3, qwen_tok)
-    (stage / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "tokens": 1024 * s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4, 6)))
+    (stage / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "tokens": 1024 * s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4, 6))
+    )
     return root
 
 

@@ -45,7 +45,9 @@ def test_bridge_runs_local_task_and_matches_hflm_and_native(task_dir, tiny_qwen2
     from steelforge.eval.harness import run_harness
     from steelforge.eval.runner import EvalOptions, evaluate
 
-    ours = run_harness(tiny_qwen2, qwen_tok, ["sf_piqa_local"], include_path=task_dir / "tasks", out_dir=task_dir / "out")
+    ours = run_harness(
+        tiny_qwen2, qwen_tok, ["sf_piqa_local"], include_path=task_dir / "tasks", out_dir=task_dir / "out"
+    )
     got = ours["results"]["sf_piqa_local"]
     assert "sf_piqa_local" in ours["table"]
     assert (task_dir / "out" / "harness_results.json").is_file()
@@ -53,7 +55,9 @@ def test_bridge_runs_local_task_and_matches_hflm_and_native(task_dir, tiny_qwen2
                                   tasks=["sf_piqa_local"], task_manager=TaskManager(include_path=str(task_dir / "tasks")),
                                   bootstrap_iters=0)["results"]["sf_piqa_local"]  # fmt: skip
     assert got["acc,none"] == ref["acc,none"] and got["acc_norm,none"] == ref["acc_norm,none"]
-    native = evaluate(tiny_qwen2, qwen_tok, EvalOptions(tasks=["piqa"], data_dir=task_dir), show_progress=False)
+    native = evaluate(
+        tiny_qwen2, qwen_tok, EvalOptions(tasks=["piqa"], data_dir=task_dir), show_progress=False
+    )
     assert native["tasks"]["piqa"]["accuracy"] == ref["acc,none"]
     assert native["tasks"]["piqa"]["acc_norm"] == ref["acc_norm,none"]
 

@@ -24,8 +24,16 @@ def _csv(path, rows, header=None):
 
 def test_ceval_prompt_uses_the_subject_handle(tmp_path):
     head = ["id", "question", "A", "B", "C", "D", "answer"]
-    _csv(tmp_path / "dev" / "computer_network_dev.csv", [[0, "TCP属于哪一层？", "应用层", "传输层", "网络层", "链路层", "B"]], head)
-    _csv(tmp_path / "val" / "computer_network_val.csv", [[0, "IP属于哪一层？", "应用层", "传输层", "网络层", "链路层", "C"]], head)
+    _csv(
+        tmp_path / "dev" / "computer_network_dev.csv",
+        [[0, "TCP属于哪一层？", "应用层", "传输层", "网络层", "链路层", "B"]],
+        head,
+    )
+    _csv(
+        tmp_path / "val" / "computer_network_val.csv",
+        [[0, "IP属于哪一层？", "应用层", "传输层", "网络层", "链路层", "C"]],
+        head,
+    )
     items = ceval.load(tmp_path, num_fewshot=1)
     assert items[0].prompt == (
         "以下是中国关于computer_network考试的单项选择题，请选出其中的正确答案。\n\n"
@@ -53,7 +61,16 @@ def test_mmlu_prompt_two_spaces_and_spaced_letters(tmp_path):
 
 
 def test_cmmlu_prompt(tmp_path):
-    write_cmmlu(tmp_path, {"anatomy": [("心脏有几个腔？", "2", "3", "4", "5", "C"), ("肺属于？", "呼吸系统", "消化系统", "神经系统", "循环系统", "A")]}, dev_rows=1)
+    write_cmmlu(
+        tmp_path,
+        {
+            "anatomy": [
+                ("心脏有几个腔？", "2", "3", "4", "5", "C"),
+                ("肺属于？", "呼吸系统", "消化系统", "神经系统", "循环系统", "A"),
+            ]
+        },
+        dev_rows=1,
+    )
     items = cmmlu.load(tmp_path, num_fewshot=1)
     assert items[1].prompt == (
         "以下是关于解剖学的单项选择题，请直接给出正确答案的选项。\n\n"
@@ -68,7 +85,14 @@ def _jsonl(path, rows):
 
 
 def test_arc_requests(tmp_path):
-    row = {"id": "x", "question": {"stem": "Which is a gas?", "choices": [{"text": "ice", "label": "A"}, {"text": "steam", "label": "B"}]}, "answerKey": "B"}
+    row = {
+        "id": "x",
+        "question": {
+            "stem": "Which is a gas?",
+            "choices": [{"text": "ice", "label": "A"}, {"text": "steam", "label": "B"}],
+        },
+        "answerKey": "B",
+    }
     _jsonl(tmp_path / "ARC-Easy-Test.jsonl", [row])
     (it,) = completion.load("arc_easy", tmp_path)
     assert it.contexts == ("Question: Which is a gas?\nAnswer:",) * 2
@@ -76,17 +100,36 @@ def test_arc_requests(tmp_path):
 
 
 def test_hellaswag_requests_preprocessed(tmp_path):
-    row = {"activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.", "ctx_b": "then", "endings": [", the man adds wax to the windshield and cuts it.", ", a person board a ski lift, while two men supporting the head of the person wearing winter clothes snow as the we girls sled.", ", the man puts on a christmas coat, knitted with netting.", ", the man continues removing the snow on his car."], "label": "3"}
+    row = {
+        "activity_label": "Removing ice from car",
+        "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.",
+        "ctx_b": "then",
+        "endings": [
+            ", the man adds wax to the windshield and cuts it.",
+            ", a person board a ski lift, while two men supporting the head of the person wearing winter clothes snow as the we girls sled.",
+            ", the man puts on a christmas coat, knitted with netting.",
+            ", the man continues removing the snow on his car.",
+        ],
+        "label": "3",
+    }
     _jsonl(tmp_path / "hellaswag_val.jsonl", [row])
     (it,) = completion.load("hellaswag", tmp_path)
-    assert it.contexts[0] == ("Removing ice from car: Then, the man writes over the snow covering the window of a car, "
-                              "and a woman wearing winter clothes smiles. Then")
+    assert it.contexts[0] == (
+        "Removing ice from car: Then, the man writes over the snow covering the window of a car, "
+        "and a woman wearing winter clothes smiles. Then"
+    )
     assert it.continuations[3] == " , the man continues removing the snow on his car." and it.gold == 3
-    assert completion.hellaswag_preprocess("How to cook [title] Boil water. [step] Stir.") == "How to cook. Boil water. Stir."
+    assert (
+        completion.hellaswag_preprocess("How to cook [title] Boil water. [step] Stir.")
+        == "How to cook. Boil water. Stir."
+    )
 
 
 def test_piqa_requests(tmp_path):
-    _jsonl(tmp_path / "valid.jsonl", [{"goal": "Open a jar", "sol1": "Twist the lid.", "sol2": "Freeze the jar."}])
+    _jsonl(
+        tmp_path / "valid.jsonl",
+        [{"goal": "Open a jar", "sol1": "Twist the lid.", "sol2": "Freeze the jar."}],
+    )
     (tmp_path / "valid-labels.lst").write_text("0\n")
     (it,) = completion.load("piqa", tmp_path)
     assert it.contexts[0] == "Question: Open a jar\nAnswer:"
@@ -94,11 +137,18 @@ def test_piqa_requests(tmp_path):
 
 
 def test_winogrande_requests(tmp_path):
-    row = {"sentence": "The trophy doesn't fit into the suitcase because the _ is too small.", "option1": "trophy", "option2": "suitcase", "answer": "2"}
+    row = {
+        "sentence": "The trophy doesn't fit into the suitcase because the _ is too small.",
+        "option1": "trophy",
+        "option2": "suitcase",
+        "answer": "2",
+    }
     _jsonl(tmp_path / "dev.jsonl", [row])
     (it,) = completion.load("winogrande", tmp_path)
-    assert it.contexts == ("The trophy doesn't fit into the suitcase because the trophy",
-                           "The trophy doesn't fit into the suitcase because the suitcase")
+    assert it.contexts == (
+        "The trophy doesn't fit into the suitcase because the trophy",
+        "The trophy doesn't fit into the suitcase because the suitcase",
+    )
     assert it.continuations == (" is too small.",) * 2 and it.gold == 1
 
 
@@ -106,7 +156,10 @@ def test_gsm8k_prompt(tmp_path):
     _jsonl(tmp_path / "train.jsonl", [{"question": "What is 2+3?", "answer": "2+3=<<2+3=5>>5\n#### 5"}])
     _jsonl(tmp_path / "test.jsonl", [{"question": "What is 4+4?", "answer": "4+4=8\n#### 8"}])
     (it,) = generation.load("gsm8k", tmp_path, num_fewshot=1)
-    assert it.prompt == "Question: What is 2+3?\nAnswer: 2+3=<<2+3=5>>5\n#### 5\n\nQuestion: What is 4+4?\nAnswer:"
+    assert (
+        it.prompt
+        == "Question: What is 2+3?\nAnswer: 2+3=<<2+3=5>>5\n#### 5\n\nQuestion: What is 4+4?\nAnswer:"
+    )
     assert it.answer == "8"
 
 
@@ -116,9 +169,13 @@ def test_gsm8k_prompt(tmp_path):
      ("missing_dev", "dev split of 'anatomy'")],
 )  # fmt: skip
 def test_bad_input_is_named(tmp_path, bad, message):
-    write_cmmlu(tmp_path, {"anatomy": [("q", "a", "b", "c", "d", "E" if bad == "answer" else "A")]}, dev_rows=1)
+    write_cmmlu(
+        tmp_path, {"anatomy": [("q", "a", "b", "c", "d", "E" if bad == "answer" else "A")]}, dev_rows=1
+    )
     if bad == "columns":
-        (tmp_path / "test" / "anatomy.csv").write_text(",Question,A,B,C,Answer\n0,q,a,b,c,A\n", encoding="utf-8")
+        (tmp_path / "test" / "anatomy.csv").write_text(
+            ",Question,A,B,C,Answer\n0,q,a,b,c,A\n", encoding="utf-8"
+        )
     if bad == "empty":
         (tmp_path / "test" / "anatomy.csv").write_text(",Question,A,B,C,D,Answer\n", encoding="utf-8")
     if bad == "missing_dev":

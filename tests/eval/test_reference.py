@@ -13,19 +13,29 @@ from steelforge.eval.tasks import cmmlu
 
 @pytest.mark.parametrize("shots", [0, 5])
 def test_every_prompt_and_prediction_reproduced(shots, reference_dir, qwen_tok, tiny_qwen2):
-    ref = [json.loads(ln) for ln in (reference_dir / f"cmmlu_official_fp32_{shots}shot.jsonl").read_text().splitlines()]
+    ref = [
+        json.loads(ln)
+        for ln in (reference_dir / f"cmmlu_official_fp32_{shots}shot.jsonl").read_text().splitlines()
+    ]
     items = cmmlu.load(reference_dir / "cmmlu", num_fewshot=shots, tokenizer=qwen_tok)
     assert len(items) == len(ref) == 445
     for it, r in zip(items, ref, strict=True):
         assert (it.subject, it.index) == (r["subject"], r["row"])
-        assert hashlib.sha256(it.prompt.encode("utf-8")).hexdigest() == r["prompt_sha256"], (it.subject, it.index)
+        assert hashlib.sha256(it.prompt.encode("utf-8")).hexdigest() == r["prompt_sha256"], (
+            it.subject,
+            it.index,
+        )
         assert len(qwen_tok(it.prompt)["input_ids"]) == r["n_tokens"]
         assert it.gold == r["gold"]
     logits = score_choices(tiny_qwen2, qwen_tok, items, batch_size=16)
     preds = ["ABCD"[argmax_first(row)] for row in logits]
     wrong = [(it.subject, it.index) for it, p, r in zip(items, preds, ref, strict=True) if p != r["pred"]]
     assert wrong == []
-    worst = max(abs(v - r["logits"][c]) for row, r in zip(logits, ref, strict=True) for v, c in zip(row, "ABCD", strict=True))
+    worst = max(
+        abs(v - r["logits"][c])
+        for row, r in zip(logits, ref, strict=True)
+        for v, c in zip(row, "ABCD", strict=True)
+    )
     assert worst < 1e-4
 
 

@@ -52,7 +52,12 @@ def test_hand_computed_accuracy(stub_setup, qwen_tok, tmp_path):
     assert r["categories"] == {"STEM": pytest.approx(2 / 3), "Humanities": pytest.approx(1 / 2)}
     samples = [json.loads(x) for x in (tmp_path / "out" / "samples" / "cmmlu.jsonl").read_text().splitlines()]
     assert [s["pred"] for s in samples] == ["C", "A", "A", "D", "B"]
-    assert samples[0]["scores"] == {"A": pytest.approx(0.1), "B": pytest.approx(0.2), "C": pytest.approx(0.9), "D": pytest.approx(0.3)}
+    assert samples[0]["scores"] == {
+        "A": pytest.approx(0.1),
+        "B": pytest.approx(0.2),
+        "C": pytest.approx(0.9),
+        "D": pytest.approx(0.3),
+    }
     assert set(samples[0]) >= {"task", "subject", "index", "prompt", "scores", "pred", "gold"}
     first = (tmp_path / "out" / "results.json").read_bytes()
     evaluate(model, qwen_tok, opts, out_dir=tmp_path / "out", show_progress=False)
@@ -89,7 +94,11 @@ def test_completion_metrics_as_lm_eval():
 
 
 def test_loglikelihood_matches_full_logits(tiny_qwen2, qwen_tok):
-    pairs = [("Question: what is water?\nAnswer:", " a liquid"), ("天空是", "蓝色的"), ("Short ", "text here")]
+    pairs = [
+        ("Question: what is water?\nAnswer:", " a liquid"),
+        ("天空是", "蓝色的"),
+        ("Short ", "text here"),
+    ]
     got = loglikelihoods(tiny_qwen2, qwen_tok, pairs, batch_size=3)
     for (ctx, cont), value in zip(pairs, got, strict=True):
         if ctx.endswith(" "):

@@ -76,7 +76,9 @@ def package_json(name: str) -> Any:
 
 def require_file(path: Path, task: str, what: str) -> Path:
     if not path.is_file():
-        raise TaskDataError(f"{task}: {what} file {path} is missing; point --data-dir at the benchmark's published layout")
+        raise TaskDataError(
+            f"{task}: {what} file {path} is missing; point --data-dir at the benchmark's published layout"
+        )
     return path
 
 
@@ -107,7 +109,9 @@ def check_answers(values: Sequence[Any], path: Path, task: str) -> list[str]:
     out = []
     for row, value in enumerate(values):
         if not isinstance(value, str) or value not in LETTERS:
-            raise TaskDataError(f"{task}: {path} row {row} has answer {value!r}; answers must be one of A, B, C, D")
+            raise TaskDataError(
+                f"{task}: {path} row {row} has answer {value!r}; answers must be one of A, B, C, D"
+            )
         out.append(value)
     return out
 
@@ -120,7 +124,9 @@ def read_jsonl(path: Path, task: str) -> list[dict[str, Any]]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
-                    raise TaskDataError(f"{task}: {path} line {n} is not JSON; re-download the file") from None
+                    raise TaskDataError(
+                        f"{task}: {path} line {n} is not JSON; re-download the file"
+                    ) from None
     if not rows:
         raise TaskDataError(f"{task}: {path} has no rows; an empty split cannot be scored")
     return rows
@@ -129,7 +135,9 @@ def read_jsonl(path: Path, task: str) -> list[dict[str, Any]]:
 def need_keys(row: dict[str, Any], keys: Sequence[str], path: Path, n: int, task: str) -> None:
     missing = [k for k in keys if k not in row]
     if missing:
-        raise TaskDataError(f"{task}: {path} record {n} lacks {', '.join(missing)}; expected the published fields")
+        raise TaskDataError(
+            f"{task}: {path} record {n} lacks {', '.join(missing)}; expected the published fields"
+        )
 
 
 def limited(items: list[Any], limit: int | None) -> list[Any]:
@@ -148,5 +156,9 @@ def warn_skip(message: str) -> None:
 def chat_wrap(tokenizer: Any, text: str) -> str:
     """`text` as one user turn through the tokenizer's chat template, ending where the assistant answers."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise TaskDataError("chat prompts need a tokenizer with a chat template; drop --chat or use a chat model")
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        raise TaskDataError(
+            "chat prompts need a tokenizer with a chat template; drop --chat or use a chat model"
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )

@@ -72,21 +72,29 @@ def load(
     data_dir = Path(data_dir)
     split_dir = data_dir / split
     if not split_dir.is_dir():
-        raise TaskDataError(f"ceval: {split_dir} is missing; --data-dir must hold C-Eval's dev/ and {split}/ folders")
+        raise TaskDataError(
+            f"ceval: {split_dir} is missing; --data-dir must hold C-Eval's dev/ and {split}/ folders"
+        )
     names = subjects or list(subjects_in(split_dir, f"_{split}.csv"))
     if not names:
-        raise TaskDataError(f"ceval: {split_dir} holds no <subject>_{split}.csv files; an empty split cannot be scored")
+        raise TaskDataError(
+            f"ceval: {split_dir} holds no <subject>_{split}.csv files; an empty split cannot be scored"
+        )
     mapping = subject_mapping()
     items: list[ChoiceItem] = []
     for subject in names:
         if subject not in mapping:
-            raise TaskDataError(f"ceval: subject '{subject}' is not in C-Eval's subject_mapping.json; rename or drop it")
+            raise TaskDataError(
+                f"ceval: subject '{subject}' is not in C-Eval's subject_mapping.json; rename or drop it"
+            )
         path = require_file(split_dir / f"{subject}_{split}.csv", TASK, f"{split} split of '{subject}'")
         df = read_csv(path, TASK, header=True, index_col=False, columns=COLUMNS)
         golds = check_answers(list(df["answer"]), path, TASK)
         dev_df = None
         if num_fewshot > 0:
-            dev_path = require_file(data_dir / "dev" / f"{subject}_dev.csv", TASK, f"dev split of '{subject}'")
+            dev_path = require_file(
+                data_dir / "dev" / f"{subject}_dev.csv", TASK, f"dev split of '{subject}'"
+            )
             dev_df = read_csv(dev_path, TASK, header=True, index_col=False, columns=COLUMNS)
             check_answers(list(dev_df["answer"])[:num_fewshot], dev_path, TASK)
         for i in limited(list(range(df.shape[0])), limit):

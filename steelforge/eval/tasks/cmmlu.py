@@ -34,7 +34,9 @@ def subject_table() -> dict[str, Any]:
 def header(subject: str) -> str:
     names = subject_table()["name_en2zh"]
     if subject not in names:
-        raise TaskDataError(f"cmmlu: subject '{subject}' is not one of CMMLU's 67 subjects; rename the CSV or drop it")
+        raise TaskDataError(
+            f"cmmlu: subject '{subject}' is not one of CMMLU's 67 subjects; rename the CSV or drop it"
+        )
     return f"以下是关于{names[subject]}的单项选择题，请直接给出正确答案的选项。\n\n"
 
 
@@ -50,7 +52,9 @@ def format_example(df: Any, idx: int, include_answer: bool = True) -> str:
     return prompt
 
 
-def gen_prefix(dev_df: Any, subject: str, prompt_end: str, num_fewshot: int, tokenizer: Any, max_length: int) -> str:
+def gen_prefix(
+    dev_df: Any, subject: str, prompt_end: str, num_fewshot: int, tokenizer: Any, max_length: int
+) -> str:
     """`mp_utils.gen_prompt` without `prompt_end`: the header plus the shots that fit."""
     prompt = header(subject)
     if tokenizer is None:
@@ -83,11 +87,15 @@ def load(
     data_dir = Path(data_dir)
     test_dir = data_dir / split
     if not test_dir.is_dir():
-        raise TaskDataError(f"cmmlu: {test_dir} is missing; --data-dir must hold CMMLU's dev/ and {split}/ folders")
+        raise TaskDataError(
+            f"cmmlu: {test_dir} is missing; --data-dir must hold CMMLU's dev/ and {split}/ folders"
+        )
     found = list(subjects_in(test_dir, ".csv"))
     names = subjects or found
     if not names:
-        raise TaskDataError(f"cmmlu: {test_dir} holds no <subject>.csv files; an empty split cannot be scored")
+        raise TaskDataError(
+            f"cmmlu: {test_dir} holds no <subject>.csv files; an empty split cannot be scored"
+        )
     items: list[ChoiceItem] = []
     for subject in names:
         test_path = require_file(test_dir / f"{subject}.csv", TASK, f"{split} split of '{subject}'")

@@ -28,7 +28,11 @@ def arc_doc(row: dict[str, Any]) -> tuple[str, list[str], int]:
     labels = [c["label"] for c in q["choices"]]
     if row["answerKey"] not in labels:
         raise TaskDataError(f"arc: answerKey {row['answerKey']!r} is not among the choice labels {labels}")
-    return f"Question: {q['stem']}\nAnswer:", [c["text"] for c in q["choices"]], labels.index(row["answerKey"])
+    return (
+        f"Question: {q['stem']}\nAnswer:",
+        [c["text"] for c in q["choices"]],
+        labels.index(row["answerKey"]),
+    )
 
 
 def hellaswag_preprocess(text: str) -> str:
@@ -74,7 +78,9 @@ SPECS: dict[str, dict[str, Any]] = {
 def _find(folder: Path, pattern: str, task: str) -> Path:
     hits = sorted(folder.glob(pattern))
     if not hits:
-        raise TaskDataError(f"{task}: no file matching {pattern} in {folder}; point --data-dir at the published files")
+        raise TaskDataError(
+            f"{task}: no file matching {pattern} in {folder}; point --data-dir at the published files"
+        )
     return hits[0]
 
 
@@ -124,7 +130,9 @@ def load(
         raise TaskDataError(f"unknown completion task '{task}'; use one of {', '.join(SPECS)}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise TaskDataError(f"{task}: data folder {data_dir} is missing; point --data-dir at the published files")
+        raise TaskDataError(
+            f"{task}: data folder {data_dir} is missing; point --data-dir at the published files"
+        )
     rows = _rows(data_dir, task, "test")
     prefix = ""
     if num_fewshot > 0:

@@ -92,7 +92,9 @@ def load(
                 prompt = chat_wrap(tokenizer, row["problem"] + MATH_CHAT_SUFFIX)
             else:
                 prompt = f"Problem:\n{row['problem']}\n\nSolution:"
-            items.append(GenerationItem(task, str(row.get("subject", task)), i, prompt, str(row["answer"]), MATH_STOP))
+            items.append(
+                GenerationItem(task, str(row.get("subject", task)), i, prompt, str(row["answer"]), MATH_STOP)
+            )
     else:
         raise TaskDataError(f"unknown generation task '{task}'; use gsm8k or math500")
     return items

@@ -45,7 +45,9 @@ def format_example(df: Any, idx: int, include_answer: bool = True) -> str:
 
 
 def gen_prompt(train_df: Any, subject: str, k: int) -> str:
-    prompt = f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
+    prompt = (
+        f"The following are multiple choice questions (with answers) about {format_subject(subject)}.\n\n"
+    )
     return prompt + "".join(format_example(train_df, i) for i in range(k))
 
 
@@ -63,10 +65,14 @@ def load(
     data_dir = Path(data_dir)
     split_dir = data_dir / split
     if not split_dir.is_dir():
-        raise TaskDataError(f"mmlu: {split_dir} is missing; --data-dir must hold MMLU's dev/ and {split}/ folders")
+        raise TaskDataError(
+            f"mmlu: {split_dir} is missing; --data-dir must hold MMLU's dev/ and {split}/ folders"
+        )
     names = subjects or list(subjects_in(split_dir, f"_{split}.csv"))
     if not names:
-        raise TaskDataError(f"mmlu: {split_dir} holds no <subject>_{split}.csv files; an empty split cannot be scored")
+        raise TaskDataError(
+            f"mmlu: {split_dir} holds no <subject>_{split}.csv files; an empty split cannot be scored"
+        )
     items: list[ChoiceItem] = []
     for subject in names:
         path = require_file(split_dir / f"{subject}_{split}.csv", TASK, f"{split} split of '{subject}'")
@@ -74,7 +80,9 @@ def load(
         golds = check_answers(list(test_df.iloc[:, 5]), path, TASK)
         dev_df = test_df.iloc[:0]
         if num_fewshot > 0:
-            dev_path = require_file(data_dir / "dev" / f"{subject}_dev.csv", TASK, f"dev split of '{subject}'")
+            dev_path = require_file(
+                data_dir / "dev" / f"{subject}_dev.csv", TASK, f"dev split of '{subject}'"
+            )
             dev_df = read_csv(dev_path, TASK, header=False, index_col=False, columns=COLUMNS)[:num_fewshot]
             check_answers(list(dev_df.iloc[:, 5]), dev_path, TASK)
         for i in limited(list(range(test_df.shape[0])), limit):
