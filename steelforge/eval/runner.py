@@ -201,6 +201,10 @@ def evaluate(
         for task in opts.tasks:
             try:
                 items = load_items(task, opts, tokenizer)
+                if not items:
+                    raise TaskDataError(f"{task}: no items to score (empty split or --limit 0)")
+                if task in LETTER_TASKS:
+                    scoring.letter_token_ids(tokenizer, items[0].letters, task)
             except TaskDataError as exc:
                 if opts.on_error == "stop":
                     raise

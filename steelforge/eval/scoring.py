@@ -8,6 +8,8 @@ sorted by (shared k-shot prefix, length) so a batch wastes little padding; resul
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -67,6 +69,36 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad if pad is not None else (tokenizer.eos_token_id or 0))
 
 
+MIN_SHARED_TOKENS = 32  # a shared prefix shorter than this is recomputed rather than cached
+
+
+def _shared_prefix_len(tokenizer: Any, prefix: str, rows: list[list[int]]) -> int:
+    """Tokens every row starts with that the prefix alone also encodes to (the last prefix token is left out: it
+    may merge with the question's first characters). 0 when no cache is worth it or the rows disagree."""
+    if not prefix:
+        return 0
+    n = len(tokenizer(prefix)["input_ids"]) - 1
+    if n < MIN_SHARED_TOKENS:
+        return 0
+    head = rows[0][:n]
+    return n if all(len(r) > n and r[:n] == head for r in rows) else 0
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    decoder = getattr(model, "model", None)
+    return decoder if decoder is not None else model.get_decoder()
+
+
+def _supports_cache(model: nn.Module) -> bool:
+    """HF decoders with a KV cache (config.use_cache); anything else recomputes the prefix."""
+    return bool(getattr(getattr(model, "config", None), "use_cache", False))
+
+
+def _cache_kwarg(decoder: nn.Module) -> str:
+    """transformers 5.24 renames `past_key_values` to `cache` (the old name is deprecated until 5.40)."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def last_token_logits(
     model: nn.Module,
@@ -77,33 +109,62 @@ def last_token_logits(
     batch_size: int = 16,
     max_batch_tokens: int = 16384,
     group_keys: Sequence[str] | None = None,
+    reuse_prefix: bool = True,
     progress: Progress | None = None,
 ) -> list[list[float]]:
-    """fp32 next-token logits of `token_ids` after each prompt, tokenized as `tokenizer(prompt)` (official)."""
+    """fp32 next-token logits of `token_ids` after each prompt, tokenized as `tokenizer(prompt)` (official).
+
+    Prompts with the same `group_keys` string (their shared k-shot prefix) run the prefix once: its KV cache is
+    copied to every batch of the group, which then only runs the question tokens.
+    """
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
-    lengths = [len(e) for e in encoded]
-    keys = group_keys or [""] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: (keys[i], lengths[i], i))
+    keys = list(group_keys or [""] * len(prompts))
     device = _device(model)
     head = model.get_output_embeddings()
     picked = torch.tensor(list(token_ids), dtype=torch.long, device=device)
+    pad_id = _pad_id(tokenizer)
     out: list[list[float]] = [[] for _ in prompts]
-    for batch in _batches(order, lengths, batch_size, max_batch_tokens):
-        ids, mask = _pad_right([encoded[i] for i in batch], _pad_id(tokenizer), device)
-        hidden = decoder_hidden(model, ids, mask, None)
-        last = mask.sum(dim=1) - 1
-        rows = hidden[torch.arange(len(batch), device=device), last]
-        logits = head(rows).float()[:, picked]
-        for j, i in enumerate(batch):
-            out[i] = logits[j].tolist()
-        if progress is not None:
-            progress(len(batch))
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    for key in sorted(groups):
+        members = groups[key]
+        use = reuse_prefix and _supports_cache(model)
+        shared = _shared_prefix_len(tokenizer, key, [encoded[i] for i in members]) if use else 0
+        lengths = [len(e) - shared for e in encoded]
+        order = sorted(members, key=lambda i: (lengths[i], i))
+        cache = None
+        if shared:
+            prefix_ids = torch.tensor([encoded[members[0]][:shared]], dtype=torch.long, device=device)
+            pre = _decoder(model)(input_ids=prefix_ids, use_cache=True)
+            cache = getattr(pre, "cache", None) or pre.past_key_values
+        for batch in _batches(order, lengths, batch_size, max_batch_tokens):
+            ids, mask = _pad_right([encoded[i][shared:] for i in batch], pad_id, device)
+            if cache is None:
+                hidden = decoder_hidden(model, ids, mask, None)
+            else:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(batch))
+                full_mask = torch.cat([mask.new_ones(len(batch), shared), mask], dim=1)
+                pos = (shared + torch.arange(ids.shape[1], device=device)).expand(len(batch), -1)
+                decoder = _decoder(model)
+                kwargs = {_cache_kwarg(decoder): past}
+                hidden = decoder(
+                    input_ids=ids, attention_mask=full_mask, position_ids=pos, use_cache=True, **kwargs
+                ).last_hidden_state
+            last = mask.sum(dim=1) - 1
+            rows = hidden[torch.arange(len(batch), device=device), last]
+            logits = head(rows).float()[:, picked]
+            for j, i in enumerate(batch):
+                out[i] = logits[j].tolist()
+            if progress is not None:
+                progress(len(batch))
     return out
 
 
 def score_choices(
     model: nn.Module, tokenizer: Any, items: Sequence[ChoiceItem], *, batch_size: int = 16,
-    progress: Progress | None = None,
+    reuse_prefix: bool = True, progress: Progress | None = None,
 ) -> list[list[float]]:  # fmt: skip
     """Letter logits per item (items of one task share letters)."""
     if not items:
@@ -111,7 +172,7 @@ def score_choices(
     ids = letter_token_ids(tokenizer, items[0].letters, items[0].task)
     return last_token_logits(
         model, tokenizer, [it.prompt for it in items], ids, batch_size=batch_size,
-        group_keys=[it.prefix for it in items], progress=progress,
+        group_keys=[it.prefix for it in items], reuse_prefix=reuse_prefix, progress=progress,
     )  # fmt: skip
 
 

@@ -39,13 +39,15 @@ def test_every_prompt_and_prediction_reproduced(shots, reference_dir, qwen_tok, 
     assert worst < 1e-4
 
 
-def test_batched_equals_unbatched(reference_dir, qwen_tok, tiny_qwen2):
+def test_batched_and_prefix_cached_equal_unbatched(reference_dir, qwen_tok, tiny_qwen2):
     items = cmmlu.load(reference_dir / "cmmlu", num_fewshot=5, tokenizer=qwen_tok, limit=6)
-    one = score_choices(tiny_qwen2, qwen_tok, items, batch_size=1)
-    many = score_choices(tiny_qwen2, qwen_tok, items, batch_size=12)
-    for a, b in zip(one, many, strict=True):
-        assert argmax_first(a) == argmax_first(b)
+    one = score_choices(tiny_qwen2, qwen_tok, items, batch_size=1, reuse_prefix=False)
+    many = score_choices(tiny_qwen2, qwen_tok, items, batch_size=12, reuse_prefix=False)
+    cached = score_choices(tiny_qwen2, qwen_tok, items, batch_size=4, reuse_prefix=True)  # k-shot prefix run once
+    for a, b, c in zip(one, many, cached, strict=True):
+        assert argmax_first(a) == argmax_first(b) == argmax_first(c)
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
+        assert max(abs(x - y) for x, y in zip(a, c, strict=True)) < 1e-4
 
 
 def test_bf16_model_scores_in_fp32(reference_dir, qwen_tok, tiny_qwen2_dir):

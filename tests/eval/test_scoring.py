@@ -110,3 +110,12 @@ def test_loglikelihood_matches_full_logits(tiny_qwen2, qwen_tok):
             logp = torch.log_softmax(tiny_qwen2(ids).logits.float(), -1)[0]
         ref = sum(float(logp[t - 1, whole[t]]) for t in range(len(c), len(whole)))
         assert math.isclose(value, ref, rel_tol=1e-4, abs_tol=1e-3)
+
+
+def test_tokenizer_without_single_token_letters_skips_task(stub_setup, qwen_tok, monkeypatch):
+    data, model = stub_setup
+    monkeypatch.setattr(cmmlu, "LETTERS", ("A", "B", "C", "Dxyzzy qq"))
+    opts = EvalOptions(tasks=["cmmlu"], data_dir=data, num_fewshot=0)
+    with pytest.warns(UserWarning, match="single-token letters"):
+        res = evaluate(model, qwen_tok, opts, show_progress=False)
+    assert res["tasks"] == {} and "single-token" in res["skipped"]["cmmlu"]
