@@ -85,7 +85,9 @@ def _hellaswag_files(root: Path, limit: int) -> Path:
             rows.append({**doc, "query": query, "choices": choices, "gold": gold})
     folder = root / "hellaswag"
     folder.mkdir()
-    (folder / "hellaswag_val.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (folder / "hellaswag_val.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
     return folder
 
 
@@ -115,9 +117,13 @@ def _hellaswag_yaml(task_dir: Path, data: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", type=int, default=40, help="items per CMMLU subject (and HellaSwag-style docs each)")
+    ap.add_argument(
+        "--limit", type=int, default=40, help="items per CMMLU subject (and HellaSwag-style docs each)"
+    )
     ap.add_argument("--batch-size", type=int, default=16, help="steelforge prompts per forward pass")
-    ap.add_argument("--harness-batch-size", type=int, default=4, help="lm-eval HFLM batch size (full [B,T,V] logits)")
+    ap.add_argument(
+        "--harness-batch-size", type=int, default=4, help="lm-eval HFLM batch size (full [B,T,V] logits)"
+    )
     args = ap.parse_args()
     if not REF.is_dir():
         sys.exit(f"{REF} is absent; set STEELFORGE_SHARED to the shared folder")
@@ -136,7 +142,11 @@ def main() -> None:
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="bench_eval_"))
     os.environ.setdefault("HF_DATASETS_CACHE", str(tmp / "hf_cache"))
-    subprocess.run([sys.executable, str(REF / "build_tiny_qwen2.py"), str(tmp / "model")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REF / "build_tiny_qwen2.py"), str(tmp / "model")],
+        check=True,
+        capture_output=True,
+    )
     model = AutoModelForCausalLM.from_pretrained(tmp / "model", dtype=torch.float32).eval()
     tok = load_tokenizer("qwen1.5")
     task_dir = tmp / "tasks"
@@ -167,11 +177,24 @@ def main() -> None:
                     show_progress=False)  # fmt: skip
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref = simple_evaluate(model=hflm, tasks=[hs_task], task_manager=manager, bootstrap_iters=0, log_samples=False)
+    ref = simple_evaluate(
+        model=hflm, tasks=[hs_task], task_manager=manager, bootstrap_iters=0, log_samples=False
+    )
     t_ref = time.perf_counter() - t0
     r = ours["tasks"]["hellaswag"]
-    rows.append(("HellaSwag-style (acc)", r["n"], t_ours, t_ref, r["accuracy"], ref["results"][hs_task]["acc,none"]))
-    rows.append(("HellaSwag-style (acc_norm)", r["n"], None, None, r["acc_norm"], ref["results"][hs_task]["acc_norm,none"]))
+    rows.append(
+        ("HellaSwag-style (acc)", r["n"], t_ours, t_ref, r["accuracy"], ref["results"][hs_task]["acc,none"])
+    )
+    rows.append(
+        (
+            "HellaSwag-style (acc_norm)",
+            r["n"],
+            None,
+            None,
+            r["acc_norm"],
+            ref["results"][hs_task]["acc_norm,none"],
+        )
+    )
 
     print(f"torch threads {torch.get_num_threads()}; steelforge batch {args.batch_size}; lm-eval HFLM batch "
           f"{args.harness_batch_size}")  # fmt: skip

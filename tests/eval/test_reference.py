@@ -43,7 +43,9 @@ def test_batched_and_prefix_cached_equal_unbatched(reference_dir, qwen_tok, tiny
     items = cmmlu.load(reference_dir / "cmmlu", num_fewshot=5, tokenizer=qwen_tok, limit=6)
     one = score_choices(tiny_qwen2, qwen_tok, items, batch_size=1, reuse_prefix=False)
     many = score_choices(tiny_qwen2, qwen_tok, items, batch_size=12, reuse_prefix=False)
-    cached = score_choices(tiny_qwen2, qwen_tok, items, batch_size=4, reuse_prefix=True)  # k-shot prefix run once
+    cached = score_choices(
+        tiny_qwen2, qwen_tok, items, batch_size=4, reuse_prefix=True
+    )  # k-shot prefix run once
     for a, b, c in zip(one, many, cached, strict=True):
         assert argmax_first(a) == argmax_first(b) == argmax_first(c)
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4

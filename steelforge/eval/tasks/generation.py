@@ -50,7 +50,12 @@ def is_correct(completion: str, answer: str) -> bool:
         reward = None
     if reward is not None:
         return float(reward(completion, answer)) > 0.5
-    from math_verify import parse, verify
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        raise TaskDataError(
+            "gsm8k/math500 answers are checked with math-verify; pip install 'steelforge[eval]'"
+        ) from None
 
     gold = parse(answer if "$" in answer or "\\boxed" in answer else f"${answer}$")
     pred = parse(completion)
