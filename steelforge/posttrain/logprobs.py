@@ -157,6 +157,11 @@ def _is_packed(position_ids: Tensor, attention_mask: Tensor) -> bool:
     return bool((restart & both).any())
 
 
+def _left_padded(mask: Tensor) -> bool:
+    """True when some row has a padding position before an attended one."""
+    return bool((mask[:, 1:].bool() & ~mask[:, :-1].bool()).any())
+
+
 def _right_padded(mask: Tensor) -> bool:
     return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
@@ -219,18 +224,21 @@ def token_logps(
     With `return_entropy`, also the [B, T] entropy (nats) of the distribution that predicted token t.
     Differentiable in both; only the scored positions go through `lm_head`, `chunk_size` rows at a time.
 
-    `position_ids` (packed rows) are passed to the model. When they are None the model numbers the positions
-    0..T-1 itself, as TRL's DPO and GRPO trainers call it (no `position_ids`), which is what the TRL 1.16
-    reference values assume: with left padding the first real token is then at position `pad` rather than 0.
-    RoPE attention only sees position differences, so this matches `cumsum(attention_mask) - 1` numbering
-    (HF `generate`) up to float rounding (~1e-6 on the reference models). `temperature` divides the logits
-    (TRL's GRPO scores with the sampling temperature).
+    `position_ids` (packed rows) are passed to the model. When they are None and some row is left-padded, the
+    positions are `cumsum(attention_mask) - 1` clipped at 0, as HF `generate` numbers them while sampling, so
+    every row's first real token is at position 0; otherwise the model numbers the positions 0..T-1 itself.
+    TRL 1.16's trainers call the model without `position_ids` (0..T-1 even on left-padded rows); with RoPE only
+    position differences matter, and the two numberings agree to float rounding (<= 1e-6 on the TRL reference
+    batch, whose values the default reproduces to 1e-5). Pass `torch.arange(T)` for TRL's exact numbering.
+    `temperature` divides the logits (TRL's GRPO scores with the sampling temperature).
     """
     if input_ids.dim() != 2 or completion_mask.shape != input_ids.shape:
         raise ValueError(
             f"input_ids and completion_mask must both be [B, T]; got {tuple(input_ids.shape)} and "
             f"{tuple(completion_mask.shape)}"
         )
+    if position_ids is None and attention_mask is not None and _left_padded(attention_mask):
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden = decoder_hidden(model, input_ids, attention_mask, position_ids)
     head = getattr(model, "lm_head", None)
     if head is None:

@@ -146,7 +146,7 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str | bool = "grou
             f"rewards must be a flat tensor whose length is a multiple of group_size={group_size}, "
             f"got shape {tuple(rewards.shape)}"
         )
-    r = rewards.float()
+    r = rewards.to(torch.promote_types(rewards.dtype, torch.float32))
     groups = r.view(-1, group_size)
     advantages = (groups - torch.nanmean(groups, dim=1, keepdim=True)).view(-1)
     if scale == "group":
@@ -195,10 +195,11 @@ def grpo_loss(
         raise LossConfigError("GRPO loss_type 'dr_grpo' divides by B * max_completion_length: pass max_completion_length")
     if beta != 0.0 and ref_token_logps is None:
         raise LossConfigError(f"GRPO with beta={beta} needs ref_token_logps for its KL term (or set beta to 0)")
-    mask = completion_mask.to(torch.float32)
-    logp = token_logps.float()
-    old = logp.detach() if old_token_logps is None else old_token_logps.float()
-    adv = advantages.float()
+    dtype = torch.promote_types(token_logps.dtype, torch.float32)  # fp32 at least (bf16 inputs), fp64 kept
+    mask = completion_mask.to(dtype)
+    logp = token_logps.to(dtype)
+    old = logp.detach() if old_token_logps is None else old_token_logps.to(dtype)
+    adv = advantages.to(dtype)
     if adv.dim() == 1:
         adv = adv.unsqueeze(1)
 
@@ -207,7 +208,7 @@ def grpo_loss(
     per_token = -torch.min(ratio * adv, clipped * adv)
     per_token_kl = None
     if beta != 0.0:
-        diff = ref_token_logps.float() - logp  # type: ignore[union-attr]
+        diff = ref_token_logps.to(dtype) - logp  # type: ignore[union-attr]
         per_token_kl = torch.exp(diff) - diff - 1.0
         if bias_corrected_kl:
             per_token_kl = per_token_kl * ratio
@@ -221,7 +222,7 @@ def grpo_loss(
     elif loss_type == "dr_grpo":
         loss = summed.sum() / (per_token.shape[0] * max_completion_length)  # type: ignore[operator]
     else:
-        n = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, dtype=torch.float32, device=mask.device)
+        n = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, dtype=dtype, device=mask.device)
         loss = summed.sum() / n.clamp(min=1.0)
 
     with torch.no_grad():

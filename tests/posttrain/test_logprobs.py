@@ -32,6 +32,8 @@ def _steel(seed: int = 0):
 def _full_reference(model, ids, attention_mask, completion_mask, position_ids=None, temperature: float = 1.0):
     """The plain path: the model's [B, T, V] logits, fp32 log_softmax, gather; entropy from the full softmax."""
     mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
+    if position_ids is None and mask is not None and bool((mask[:, 1:] > mask[:, :-1]).any()):
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: HF generate's numbering
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits.float()
     logits = logits / temperature
     logp_all = logits[:, :-1].log_softmax(-1)
@@ -125,13 +127,18 @@ def test_packed_rows_with_trailing_padding() -> None:
         token_logps(model, ids, attention, completion, position_ids)
 
 
-def test_default_positions_match_generate_numbering_for_rope() -> None:
-    """No position_ids (TRL's call) and cumsum(mask) - 1 (HF generate) agree on left-padded rows under RoPE."""
+def test_default_positions_on_left_padding() -> None:
+    """Default: cumsum(mask) - 1 (HF generate). TRL's 0..T-1 numbering agrees to rounding under RoPE."""
     model = _qwen2()
     ids, attention, completion, _ = _batch("left")
     default = token_logps(model, ids, attention, completion)
-    numbered = token_logps(model, ids, attention, completion, (attention.cumsum(1) - 1).clamp(min=0))
-    torch.testing.assert_close(default, numbered, rtol=1e-5, atol=1e-5)
+    generate = token_logps(model, ids, attention, completion, (attention.cumsum(1) - 1).clamp(min=0))
+    trl = token_logps(model, ids, attention, completion, torch.arange(ids.shape[1]).expand_as(ids))
+    assert torch.equal(default, generate)
+    torch.testing.assert_close(default, trl, rtol=1e-5, atol=1e-5)
+    # without padding the default is plain 0..T-1
+    full = torch.ones_like(ids)
+    assert torch.equal(token_logps(model, ids, full, completion), token_logps(model, ids, None, completion))
 
 
 def test_temperature_divides_the_logits() -> None:
@@ -191,3 +198,29 @@ def test_no_scored_positions_and_bad_shapes() -> None:
     assert out.shape == ids.shape and not out.any()
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         token_logps(model, ids, attention, torch.ones(3, 4, dtype=torch.long))
+
+
+def test_forward_hidden_is_used_when_it_can_take_the_batch() -> None:
+    """FSDP models score through `forward_hidden`; with padding only when it accepts an attention mask."""
+    import types
+
+    model = _qwen2()
+    calls: list[str] = []
+
+    def plain(self, input_ids, position_ids=None):
+        calls.append("plain")
+        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+
+    def masked(self, input_ids, position_ids=None, attention_mask=None):
+        calls.append("masked")
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state  # fmt: skip
+
+    ids, attention, completion, _ = _batch("right")
+    expected = token_logps(model, ids, attention, completion)
+    model.forward_hidden = types.MethodType(plain, model)
+    torch.testing.assert_close(token_logps(model, ids, torch.ones_like(ids), completion), expected)
+    torch.testing.assert_close(token_logps(model, ids, attention, completion), expected)  # falls back to .model
+    model.forward_hidden = types.MethodType(masked, model)
+    torch.testing.assert_close(token_logps(model, ids, attention, completion), expected)
+    assert calls == ["plain", "masked"]

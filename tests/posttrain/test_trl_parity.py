@@ -109,14 +109,18 @@ def _ragged(rows: list[list[float]], width: int) -> torch.Tensor:
 
 
 def test_grpo_token_logps_and_entropy_match_trl(trl_dir, grpo_data) -> None:
-    """Left-padded prompts, right-padded completions, the model called without position_ids (as TRL does)."""
+    """Left-padded prompts, right-padded completions; TRL called the model without position_ids."""
     inputs, reference = grpo_data
     ids, attention, scored, p = _grpo_batch(inputs)
     with torch.no_grad():
         logps, entropy = token_logps(load_tiny(trl_dir / "tiny_policy"), ids, attention, scored, return_entropy=True)
         ref = token_logps(load_tiny(trl_dir / "tiny_reference"), ids, attention, scored)
+        # TRL's own numbering (no position_ids: 0..T-1 on left-padded rows too) reproduces it to the last bit
+        trl_numbered = token_logps(load_tiny(trl_dir / "tiny_policy"), ids, attention, scored,
+                                   torch.arange(ids.shape[1]).expand_as(ids))  # fmt: skip
     width = ids.shape[1] - p
     _close(logps[:, p:], _ragged(inputs["policy_per_token_logps__trl"], width))
+    _close(trl_numbered[:, p:], _ragged(inputs["policy_per_token_logps__trl"], width), rtol=0, atol=0)
     _close(entropy[:, p:], _ragged(inputs["policy_per_token_entropy__trl"], width))
     _close(ref[:, p:], _ragged(inputs["ref_per_token_logps__trl"], width))
     assert not logps[:, :p].any() and not entropy[:, :p].any()

@@ -3,7 +3,7 @@
 GSM8K (`test.jsonl`/`train.jsonl`: question, answer ending in `#### n`) uses lm-eval's `gsm8k` wording
 (`Question: ...\nAnswer:`, shots = first k train rows with their worked answers, stop at "Question:");
 MATH-500 (`test.jsonl`: problem, answer) asks for a `\\boxed{}` answer. Equivalence is decided by math-verify
-(through the GRPO reward `math_verify` when the post-training package provides it).
+through the GRPO reward `steelforge.posttrain.rewards.math_verify`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from steelforge.eval.tasks.base import (
     need_keys,
     read_jsonl,
 )
+from steelforge.posttrain.rewards import extract_gsm8k_gold, math_verify
 
 GSM8K_STOP = ("Question:", "</s>", "<|im_end|>")
 MATH_STOP = ("Problem:", "</s>", "<|im_end|>")
@@ -30,36 +31,17 @@ MATH_CHAT_SUFFIX = "\nPlease reason step by step, and put your final answer with
 
 
 def gsm8k_gold(solution: str) -> str:
-    """The number after `####` in a GSM8K solution, commas removed."""
-    try:
-        from steelforge.posttrain.rewards import extract_gsm8k_gold
-    except ImportError:
-        extract_gsm8k_gold = None
-    if extract_gsm8k_gold is not None:
-        return str(extract_gsm8k_gold(solution))
+    """The number after `####` in a GSM8K solution, commas removed (the GRPO rewards' `extract_gsm8k_gold`)."""
     if "####" not in solution:
-        raise TaskDataError(f"gsm8k: solution has no '#### answer' line: {solution[-80:]!r}")
-    return solution.split("####")[-1].strip().replace(",", "")
+        raise TaskDataError(
+            f"gsm8k: solution has no '#### answer' line: {solution[-80:]!r}; use GSM8K's published jsonl"
+        )
+    return extract_gsm8k_gold(solution)
 
 
 def is_correct(completion: str, answer: str) -> bool:
-    """math-verify equivalence of the completion's final answer and the gold answer."""
-    try:
-        from steelforge.posttrain.rewards import math_verify as reward
-    except ImportError:
-        reward = None
-    if reward is not None:
-        return float(reward(completion, answer)) > 0.5
-    try:
-        from math_verify import parse, verify
-    except ImportError:
-        raise TaskDataError(
-            "gsm8k/math500 answers are checked with math-verify; pip install 'steelforge[eval]'"
-        ) from None
-
-    gold = parse(answer if "$" in answer or "\\boxed" in answer else f"${answer}$")
-    pred = parse(completion)
-    return bool(gold) and bool(pred) and bool(verify(gold, pred))
+    """math-verify equivalence of the completion's final answer (last \\boxed{}, else last number) and the gold."""
+    return math_verify(completion, answer) > 0.5
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
