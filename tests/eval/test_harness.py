@@ -76,3 +76,17 @@ def test_loglikelihoods_equal_hflm_per_request(tiny_qwen2, qwen_tok):
     for (a, ga), (b, gb) in zip(ours, ref, strict=True):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-3)
         assert ga == gb
+
+
+def test_cli_harness_flag(task_dir, tiny_qwen2_dir):
+    from typer.testing import CliRunner
+
+    from steelforge.cli import app
+
+    out = task_dir / "cli_out"
+    args = ["eval", str(tiny_qwen2_dir), "--harness", "sf_piqa_local", "--include-path", str(task_dir / "tasks"),
+            "--out", str(out), "--limit", "2"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "harness_results.json").read_text())
+    assert "acc,none" in saved["results"]["sf_piqa_local"]
