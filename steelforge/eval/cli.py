@@ -110,14 +110,14 @@ def eval_command(
         from steelforge.eval.sweep import run_sweep, sweep_table
 
         records = run_sweep(Path(model), opts, out, every=every, dtype=dtype)
-        console.print(sweep_table(records), markup=False)
+        console.print(sweep_table(records), markup=False, soft_wrap=True)
         console.print(f"plot: {out / 'sweep.png'}  results: {out / 'sweep.jsonl'}")
         return
     model_obj, tokenizer = load_for_eval(model, dtype=dtype)
     results = evaluate(
         model_obj, tokenizer, opts, out_dir=out, log_samples=log_samples, model_name=str(model)
     )
-    console.print(markdown_table(results), markup=False)
+    console.print(markdown_table(results), markup=False, soft_wrap=True)
     secs = results.get("_seconds", {})
     if secs:
         console.print("time: " + ", ".join(f"{t} {s:,.1f} s" for t, s in secs.items()))

@@ -222,7 +222,10 @@ def evaluate(
             if show_progress and not quiet():
                 with make_progress() as bar:
                     tid = bar.add_task(
-                        f"eval {task}", total=len(items) * (4 if task in COMPLETION_TASKS else 1)
+                        f"eval {task}",
+                        total=sum(len(it.continuations) for it in items)
+                        if task in COMPLETION_TASKS
+                        else len(items),
                     )
                     res, samples = runner(
                         task, items, model, tokenizer, opts, lambda n, t=tid: bar.advance(t, n)

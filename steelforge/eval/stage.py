@@ -61,7 +61,7 @@ def run_eval_stage(recipe: Any) -> StageReport:
                                  model_name=name)  # fmt: skip
         del model
     table = comparison_table(results)
-    console.print(table, markup=False)
+    console.print(table, markup=False, soft_wrap=True)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{DONE_FILE}.tmp"
     (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
