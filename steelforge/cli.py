@@ -36,6 +36,7 @@ STAGE_RUNNERS: dict[str, tuple[str, str, str]] = {
     "data": ("steelforge.clean.pipeline", "run_clean", "clean_complete"),
     "pack": ("steelforge.tokens.pack", "run_pack", "pack_complete"),
     "pretrain": ("steelforge.train.pretrain", "run_pretrain", "pretrain_complete"),
+    "grpo": ("steelforge.posttrain.grpo", "run_grpo", "grpo_complete"),
     "eval": ("steelforge.eval.stage", "run_eval_stage", "eval_complete"),
 }
 
@@ -163,6 +164,19 @@ def _register_eval() -> None:
 
 
 _register_eval()
+
+
+@app.command()
+def grpo(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """GRPO with verifiable rewards (the `grpo:` section): rollouts, rewards, group advantages, clipped updates.
+
+    Examples:
+
+      steelforge grpo recipes/moxin-7b/grpo.yaml --set grpo.model=runs/moxin/sft/hf
+
+      steelforge grpo recipes/steel-1b/grpo_choice.yaml --set grpo.max_steps=10 --set grpo.num_generations=4
+    """
+    _single_stage("grpo", recipe, set_, force)
 
 
 @app.command()

@@ -22,13 +22,14 @@ from steelforge.config_base import StrictModel
 from steelforge.errors import RecipeError
 from steelforge.eval.config import EvalConfig
 from steelforge.models.config import ModelSpec
+from steelforge.posttrain.grpo_config import GRPOConfig
 from steelforge.tokens.pack_config import PackConfig
 from steelforge.train.config import PretrainConfig
 
 # Stage names in run order; `steelforge run` walks them and skips sections a recipe leaves out.
-STAGES: tuple[str, ...] = ("data", "pack", "pretrain", "eval")
+STAGES: tuple[str, ...] = ("data", "pack", "pretrain", "grpo", "eval")
 # Stages of the full lifecycle that this version does not implement yet.
-PLANNED_STAGES: tuple[str, ...] = ("sft", "dpo", "grpo", "export")
+PLANNED_STAGES: tuple[str, ...] = ("sft", "dpo", "export")
 
 
 class Recipe(StrictModel):
@@ -46,12 +47,15 @@ class Recipe(StrictModel):
     pack: PackConfig | None = Field(None, description="Tokenize and pack documents into a token store.")
     model: ModelSpec | None = Field(None, description="The model: a preset, an HF folder or an official Steel-LLM folder.")
     pretrain: PretrainConfig | None = Field(None, description="Causal-LM pretraining on a token store.")
+    grpo: GRPOConfig | None = Field(None, description="GRPO reinforcement learning with verifiable rewards.")
     eval: EvalConfig | None = Field(None, description="Evaluate models side by side on local benchmark files.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
         if self.pretrain is not None and self.model is None:
             raise ValueError("the pretrain stage needs a 'model:' section (e.g. model: {preset: tiny-steel})")
+        if self.grpo is not None and self.grpo.model is None and self.model is None:
+            raise ValueError("the grpo stage needs grpo.model (a preset, an HF folder or a stage name) or a 'model:' section")
         return self
 
     # ---- paths -----------------------------------------------------------------------------------

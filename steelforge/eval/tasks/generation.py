@@ -103,21 +103,20 @@ def generate_texts(
 ) -> list[str]:  # fmt: skip
     """Decode one continuation per prompt (greedy at temperature 0), cut at the first stop string.
 
-    The one place that calls a decoder: HF `generate` (left padding) until the project's own
-    `steelforge.models.generate.generate` is merged.
+    Runs `steelforge.models.generate.generate` (batched, one KV cache); stop strings that are single special
+    tokens of the tokenizer (`<|im_end|>`, `</s>`) and EOS end a row early, the others cut the decoded text.
     """
+    from steelforge.models.generate import generate
+
+    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
-    finally:
-        tokenizer.padding_side = side
-    torch.manual_seed(seed)
-    sample = temperature > 0
-    out = model.generate(
-        **batch, max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=pad,
-        **({"temperature": temperature, "top_p": top_p} if sample else {"temperature": None, "top_p": None, "top_k": None}),
+    stop_ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    special = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}))
+    stop_ids |= {int(tokenizer.convert_tokens_to_ids(s)) for s in stop if s in special}
+    generator = torch.Generator(device=device).manual_seed(seed)
+    result = generate(
+        model, [tokenizer(p)["input_ids"] for p in prompts], max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, stop_token_ids=sorted(stop_ids), pad_token_id=int(pad), generator=generator,
     )  # fmt: skip
-    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(result.sequences, skip_special_tokens=True)
     return [cut_at_stop(t, stop) for t in texts]
