@@ -109,7 +109,7 @@ def run_letters(task: str, items: list[ChoiceItem], model: nn.Module, tokenizer:
         average = accuracy  # the original reports item-weighted accuracy
     else:
         per = {k: v["accuracy"] for k, v in subjects.items()}
-        categories = LETTER_TASKS[task].aggregate(per)
+        categories = LETTER_TASKS[task].aggregate(per, task_dir(opts.data_dir, task))
         average = sum(per.values()) / len(per)  # official: mean over subjects
     return {"metric": "acc", "accuracy": accuracy, "n": n, "average": average, "subjects": subjects,
             "categories": categories}, samples  # fmt: skip

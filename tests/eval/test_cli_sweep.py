@@ -126,3 +126,27 @@ def test_eval_probe_for_training(run_dir, data_dir, qwen_tok):
     assert set(first) == {"eval/cmmlu"} and 0.0 <= first["eval/cmmlu"] <= 1.0
     assert model.training
     assert probe(model) == first
+
+
+def test_demo_task_files_evaluate(tmp_path, tiny_qwen2, qwen_tok):
+    """The demo's CMMLU/C-Eval/GSM8K-layout sets (own subjects.json / subject_mapping.json) run end to end."""
+    from steelforge.clean.synthetic_tasks import write_task_files
+    from steelforge.eval.runner import EvalOptions, evaluate
+
+    write_task_files(
+        tmp_path / "demo", eval_items=3, word_problem_items=2, sft=(2, 1), dpo=(2, 1), grpo=(2, 1)
+    )
+    data = tmp_path / "demo" / "eval"
+    opts = EvalOptions(tasks=["cmmlu", "ceval", "gsm8k"], data_dir=data, num_fewshot=2, max_new_tokens=4)
+    with pytest.warns(UserWarning, match="train split"):  # GSM8K shots need train.jsonl, which the demo omits
+        res = evaluate(
+            tiny_qwen2, qwen_tok, opts, show_progress=False, out_dir=tmp_path / "o", log_samples=True
+        )
+    assert set(res["tasks"]) == {"cmmlu", "ceval"} and set(res["skipped"]) == {"gsm8k"}
+    assert res["tasks"]["cmmlu"]["n"] == 6 and res["tasks"]["ceval"]["categories"].keys() == {"STEM"}
+    opts = EvalOptions(tasks=["gsm8k"], data_dir=data, num_fewshot=0, max_new_tokens=4, on_error="stop")
+    assert evaluate(tiny_qwen2, qwen_tok, opts, show_progress=False)["tasks"]["gsm8k"]["n"] == 2
+    first = json.loads((tmp_path / "o" / "samples" / "cmmlu.jsonl").read_text().splitlines()[0])
+    assert first["prompt"].startswith("以下是关于算术的单项选择题") or first["prompt"].startswith(
+        "以下是关于数列的单项选择题"
+    )

@@ -9,6 +9,7 @@ end (the official code has no rule; this is MMLU's).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,21 @@ TASK = "ceval"
 COLUMNS = ("id", "question", "A", "B", "C", "D", "answer")
 
 
-def subject_mapping() -> dict[str, list[str]]:
-    return package_json("ceval_subject_mapping.json")
+def subject_mapping(data_dir: Path | None = None) -> dict[str, list[str]]:
+    """C-Eval's 52 subjects, updated by DATA/subject_mapping.json (same layout) when the folder has one."""
+    mapping = dict(package_json("ceval_subject_mapping.json"))
+    local = Path(data_dir) / "subject_mapping.json" if data_dir is not None else None
+    if local is not None and local.is_file():
+        try:
+            extra = json.loads(local.read_text(encoding="utf-8"))
+            if not all(isinstance(v, list) and len(v) == 3 for v in extra.values()):
+                raise TypeError
+        except (json.JSONDecodeError, TypeError, AttributeError):
+            raise TaskDataError(
+                f"ceval: {local} must map subject -> [English name, Chinese name, category]"
+            ) from None
+        mapping.update(extra)
+    return mapping
 
 
 def header(subject: str) -> str:
@@ -80,7 +94,7 @@ def load(
         raise TaskDataError(
             f"ceval: {split_dir} holds no <subject>_{split}.csv files; an empty split cannot be scored"
         )
-    mapping = subject_mapping()
+    mapping = subject_mapping(data_dir)
     items: list[ChoiceItem] = []
     for subject in names:
         if subject not in mapping:
@@ -109,9 +123,9 @@ def load(
     return items
 
 
-def aggregate(per_subject: dict[str, float]) -> dict[str, float]:
+def aggregate(per_subject: dict[str, float], data_dir: Path | None = None) -> dict[str, float]:
     """Mean subject accuracy per category (STEM, Social Science, Humanities, Other) of subject_mapping.json."""
-    mapping = subject_mapping()
+    mapping = subject_mapping(data_dir)
     groups: dict[str, list[float]] = {}
     for subject, acc in per_subject.items():
         groups.setdefault(mapping[subject][2], []).append(acc)

@@ -7,6 +7,7 @@ the way `gen_prompt` does it; the letters are scored without a leading space.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,22 @@ def subject_table() -> dict[str, Any]:
     return package_json("cmmlu_subjects.json")
 
 
-def header(subject: str) -> str:
-    names = subject_table()["name_en2zh"]
+def subject_names(data_dir: Path | None = None) -> dict[str, str]:
+    """CMMLU's 67 Chinese names, updated by DATA/subjects.json ({"name_en2zh": {...}}) when the folder has one."""
+    names = dict(subject_table()["name_en2zh"])
+    local = Path(data_dir) / "subjects.json" if data_dir is not None else None
+    if local is not None and local.is_file():
+        try:
+            names.update(json.loads(local.read_text(encoding="utf-8"))["name_en2zh"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise TaskDataError(
+                f"cmmlu: {local} must be JSON with a 'name_en2zh' mapping of subject -> Chinese name"
+            ) from None
+    return names
+
+
+def header(subject: str, names: dict[str, str] | None = None) -> str:
+    names = names if names is not None else subject_table()["name_en2zh"]
     if subject not in names:
         raise TaskDataError(
             f"cmmlu: subject '{subject}' is not one of CMMLU's 67 subjects; rename the CSV or drop it"
@@ -53,10 +68,16 @@ def format_example(df: Any, idx: int, include_answer: bool = True) -> str:
 
 
 def gen_prefix(
-    dev_df: Any, subject: str, prompt_end: str, num_fewshot: int, tokenizer: Any, max_length: int
+    dev_df: Any,
+    subject: str,
+    prompt_end: str,
+    num_fewshot: int,
+    tokenizer: Any,
+    max_length: int,
+    names: dict[str, str] | None = None,
 ) -> str:
     """`mp_utils.gen_prompt` without `prompt_end`: the header plus the shots that fit."""
-    prompt = header(subject)
+    prompt = header(subject, names)
     if tokenizer is None:
         return prompt + "".join(format_example(dev_df, i) for i in range(num_fewshot))
     start_end = len(tokenizer.encode(prompt) + tokenizer.encode(prompt_end))
@@ -91,6 +112,7 @@ def load(
             f"cmmlu: {test_dir} is missing; --data-dir must hold CMMLU's dev/ and {split}/ folders"
         )
     found = list(subjects_in(test_dir, ".csv"))
+    table = subject_names(data_dir)
     names = subjects or found
     if not names:
         raise TaskDataError(
@@ -104,21 +126,22 @@ def load(
         dev_df = read_csv(dev_path, TASK, header=True, index_col=True, columns=COLUMNS)
         check_answers(list(dev_df.iloc[:num_fewshot, 5]), dev_path, TASK)
         golds = check_answers(list(test_df.iloc[:, 5]), test_path, TASK)
-        header(subject)
+        header(subject, table)
         for i in limited(list(range(test_df.shape[0])), limit):
             question = format_example(test_df, i, include_answer=False)
-            prefix = gen_prefix(dev_df, subject, question, num_fewshot, tokenizer, max_length)
+            prefix = gen_prefix(dev_df, subject, question, num_fewshot, tokenizer, max_length, table)
             if chat:
                 prefix, question = "", chat_wrap(tokenizer, prefix + question)
             items.append(ChoiceItem(TASK, subject, i, prefix, question, golds[i], LETTERS))
     return items
 
 
-def aggregate(per_subject: dict[str, float]) -> dict[str, float]:
+def aggregate(per_subject: dict[str, float], data_dir: Path | None = None) -> dict[str, float]:
     """Category averages as `mp_utils.get_results` computes them: the mean of subject accuracies.
 
     The official code counts a subject without results as 0 (a defaultdict); here only scored subjects count,
-    so a partial run does not look worse than it is.
+    so a partial run does not look worse than it is. Subjects named only by DATA/subjects.json have no category
+    (`data_dir` is accepted for the same call shape as C-Eval's).
     """
     out = {}
     for category, members in subject_table()["category2subject"].items():

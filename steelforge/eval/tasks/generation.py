@@ -22,6 +22,7 @@ from steelforge.eval.tasks.base import (
     limited,
     need_keys,
     read_jsonl,
+    require_file,
 )
 from steelforge.posttrain.rewards import extract_gsm8k_gold, math_verify
 
@@ -64,7 +65,10 @@ def load(
     if task == "gsm8k":
         prefix = ""
         if num_fewshot > 0:
-            shots = read_jsonl(data_dir / "train.jsonl", task)[:num_fewshot]
+            train = require_file(
+                data_dir / "train.jsonl", task, f"train split (for {num_fewshot} shots; or --num-fewshot 0)"
+            )
+            shots = read_jsonl(train, task)[:num_fewshot]
             prefix = "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in shots)
         for i, row in enumerate(limited(rows, limit)):
             need_keys(row, ("question", "answer"), test, i, task)
