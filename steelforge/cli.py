@@ -40,6 +40,7 @@ STAGE_RUNNERS: dict[str, tuple[str, str, str]] = {
     "sft": ("steelforge.posttrain.sft", "run_sft", "sft_complete"),
     "dpo": ("steelforge.posttrain.dpo", "run_dpo", "dpo_complete"),
     "grpo": ("steelforge.posttrain.grpo", "run_grpo", "grpo_complete"),
+    "eval": ("steelforge.eval.stage", "run_eval_stage", "eval_complete"),
 }
 
 RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or the name of an embedded recipe (e.g. demo).")]
@@ -186,6 +187,15 @@ def pretrain(
     checkpoint and torchrun exits 0; if the launcher dies, the ranks checkpoint and stop on their own.
     """
     _single_stage("pretrain", recipe, set_, force, force_new_run)
+
+
+def _register_eval() -> None:
+    from steelforge.eval.cli import eval_command  # typer only at import time
+
+    app.command("eval")(eval_command)
+
+
+_register_eval()
 
 
 @app.command()

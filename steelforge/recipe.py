@@ -21,6 +21,7 @@ from steelforge.clean.clean_config import CleanConfig
 from steelforge.clean.synthetic_tasks import TasksConfig
 from steelforge.config_base import StrictModel
 from steelforge.errors import RecipeError
+from steelforge.eval.config import EvalConfig
 from steelforge.models.config import ModelSpec
 from steelforge.posttrain.config import DPOConfig, SFTConfig
 from steelforge.posttrain.grpo_config import GRPOConfig
@@ -28,9 +29,9 @@ from steelforge.tokens.pack_config import PackConfig
 from steelforge.train.config import PretrainConfig
 
 # Stage names in run order; `steelforge run` walks them and skips sections a recipe leaves out.
-STAGES: tuple[str, ...] = ("tasks", "data", "pack", "pretrain", "sft", "dpo", "grpo")
+STAGES: tuple[str, ...] = ("tasks", "data", "pack", "pretrain", "sft", "dpo", "grpo", "eval")
 # Stages of the full lifecycle that this version does not implement yet.
-PLANNED_STAGES: tuple[str, ...] = ("eval", "export")
+PLANNED_STAGES: tuple[str, ...] = ("export",)
 
 
 class Recipe(StrictModel):
@@ -54,6 +55,7 @@ class Recipe(StrictModel):
     sft: SFTConfig | None = Field(None, description="Supervised fine-tuning on conversations (assistant tokens).")
     dpo: DPOConfig | None = Field(None, description="Direct preference optimisation against a frozen reference.")
     grpo: GRPOConfig | None = Field(None, description="GRPO reinforcement learning with verifiable rewards.")
+    eval: EvalConfig | None = Field(None, description="Evaluate models side by side on local benchmark files.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
