@@ -41,6 +41,7 @@ STAGE_RUNNERS: dict[str, tuple[str, str, str]] = {
     "dpo": ("steelforge.posttrain.dpo", "run_dpo", "dpo_complete"),
     "grpo": ("steelforge.posttrain.grpo", "run_grpo", "grpo_complete"),
     "eval": ("steelforge.eval.stage", "run_eval_stage", "eval_complete"),
+    "report": ("steelforge.report", "run_report", "report_complete"),
 }
 
 RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or the name of an embedded recipe (e.g. demo).")]

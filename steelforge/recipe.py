@@ -25,11 +25,12 @@ from steelforge.eval.config import EvalConfig
 from steelforge.models.config import ModelSpec
 from steelforge.posttrain.config import DPOConfig, SFTConfig
 from steelforge.posttrain.grpo_config import GRPOConfig
+from steelforge.report import ReportConfig
 from steelforge.tokens.pack_config import PackConfig
 from steelforge.train.config import PretrainConfig
 
 # Stage names in run order; `steelforge run` walks them and skips sections a recipe leaves out.
-STAGES: tuple[str, ...] = ("tasks", "data", "pack", "pretrain", "sft", "dpo", "grpo", "eval")
+STAGES: tuple[str, ...] = ("tasks", "data", "pack", "pretrain", "sft", "dpo", "grpo", "eval", "report")
 # Stages of the full lifecycle that this version does not implement yet.
 PLANNED_STAGES: tuple[str, ...] = ("export",)
 
@@ -56,6 +57,9 @@ class Recipe(StrictModel):
     dpo: DPOConfig | None = Field(None, description="Direct preference optimisation against a frozen reference.")
     grpo: GRPOConfig | None = Field(None, description="GRPO reinforcement learning with verifiable rewards.")
     eval: EvalConfig | None = Field(None, description="Evaluate models side by side on local benchmark files.")
+    report: ReportConfig | None = Field(
+        None, description="Measure every stage's effect on held-out data; write <out_dir>/REPORT.md and figures."
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
@@ -87,7 +91,7 @@ class Recipe(StrictModel):
         output = getattr(section, "output", None)
         if output is not None:
             return Path(output)
-        return self.root / {"data": "clean", "pack": "store"}.get(stage, stage)
+        return self.root / {"data": "clean", "pack": "store", "report": "."}.get(stage, stage)
 
     def stages(self) -> list[str]:
         """The stages this recipe configures, in run order."""
