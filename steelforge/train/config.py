@@ -99,6 +99,14 @@ class CheckpointConfig(StrictModel):
     export_final: bool = Field(True, description="Export a consolidated HF folder (hf/) at the end.")
 
 
+class WandbConfig(StrictModel):
+    """Weights & Biases logging (the `wandb` extra); offline by default: `wandb sync` uploads later."""
+
+    project: str = Field("steelforge", description="W&B project name.")
+    name: str | None = Field(None, description="Run name (default: W&B's generated one).")
+    mode: Literal["online", "offline", "disabled"] = Field("offline", description="online needs a login/API key.")
+
+
 class PretrainConfig(StrictModel):
     """Causal-LM pretraining on token stores."""
 
@@ -126,6 +134,7 @@ class PretrainConfig(StrictModel):
     )
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
     tensorboard: bool = Field(True, description="Also write TensorBoard events when it is installed.")
+    wandb: WandbConfig | None = Field(None, description="Also log to Weights & Biases (needs the wandb extra).")
     num_workers: int = Field(0, ge=0, description="Data-loader worker processes.")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
+import secrets
 import sys
 import time
 from collections.abc import Mapping
@@ -184,6 +186,7 @@ class MetricsLogger:
         tensorboard: bool = True,
         jsonl_name: str = "metrics.jsonl",
         plot_name: str = "curves.png",
+        wandb: Mapping[str, Any] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.total_steps = total_steps
@@ -195,12 +198,47 @@ class MetricsLogger:
         self._first_step: int | None = None
         self._jsonl = None
         self._tb = None
+        self._wandb: Any = None
         if not is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             self._tb = self._open_tensorboard()
+        if wandb is not None:
+            self._wandb = self._open_wandb(dict(wandb))
+
+    def _open_wandb(self, settings: dict[str, Any]) -> Any:
+        """A Weights & Biases run (`project`, `name`, `mode`: online|offline|disabled, `config`) under
+        `<out_dir>/wandb`; resumed runs continue the same run id, kept in `<out_dir>/wandb_run_id`."""
+        try:
+            import wandb
+        except ImportError as exc:
+            from steelforge.errors import RecipeError
+
+            raise RecipeError(
+                "metrics go to Weights & Biases but wandb is not installed; pip install 'steelforge[wandb]' "
+                "or remove the wandb setting"
+            ) from exc
+        id_file = self.out_dir / "wandb_run_id"
+        run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else secrets.token_hex(4)
+        if not id_file.is_file():
+            tmp = id_file.with_suffix(".tmp")
+            tmp.write_text(run_id, encoding="utf-8")
+            os.replace(tmp, id_file)
+        return wandb.init(
+            project=settings.get("project") or "steelforge",
+            name=settings.get("name"),
+            mode=settings.get("mode") or "offline",
+            config=settings.get("config"),
+            dir=str(self.out_dir),
+            id=run_id,
+            resume="allow",
+        )
+
+    @property
+    def wandb_run(self) -> Any:
+        return self._wandb
 
     def _open_tensorboard(self) -> Any:
         try:
@@ -242,6 +280,8 @@ class MetricsLogger:
         if self._tb is not None:
             for key, value in values.items():
                 self._tb.add_scalar(f"train/{key}", value, step)
+        if self._wandb is not None:
+            self._wandb.log({f"train/{key}": value for key, value in values.items()}, step=step)
         console.print(self.format_line(step, values), markup=False, highlight=False, soft_wrap=True)
 
     def history(self) -> list[dict[str, float]]:
@@ -325,6 +365,9 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -240,7 +240,13 @@ def run_pretrain(recipe: Any) -> StageReport:
         target = out / "hf" if final else out / f"hf-step_{step:09d}"
         checkpointer.export_hf(model, tokenizer, target)
 
-    metrics = MetricsLogger(out, total_steps=cfg.max_steps, is_main=env.is_main, tensorboard=cfg.tensorboard)
+    metrics = MetricsLogger(
+        out,
+        total_steps=cfg.max_steps,
+        is_main=env.is_main,
+        tensorboard=cfg.tensorboard,
+        wandb=cfg.wandb.model_dump() | {"config": {"recipe": recipe.name}} if cfg.wandb is not None else None,
+    )
     try:
         with StopSignal() as stop:
             trainer = Trainer(

@@ -238,13 +238,14 @@ class FrozenModel(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for p in model.parameters():
-            p.requires_grad_(False)
         if parallelize is not None:
             if offload:
                 raise ValueError("FrozenModel: offload=True and a parallelize function cannot be combined; pick one")
-            parallelize(model)
-        self.module = model.eval()
+            parallelize(model)  # first: fully_shard replaces the parameters (as trainable DTensors)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.module = model
+        self.train(False)
         self.offload = offload
         self.device = torch.device(device) if device is not None else None
         if offload:
