@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from steelforge.errors import DataError
-from steelforge.tokens.sampler import GlobalSampler, Phase
+from steelforge.tokens.sampler import GlobalSampler, Phase, phase_seq_len
 from steelforge.tokens.store import ShardInfo, TokenStore, check_tokenizer
 
 LOADER_STATE_VERSION = 1
@@ -117,26 +117,17 @@ def source_streams(stores: list[TokenStore]) -> dict[str, SourceStream]:
     return streams
 
 
-def _as_phases(phases: Sequence[Any] | None, seq_len: int, mixture: dict[str, float] | None) -> list[Phase]:
+def _as_phases(phases: Sequence[Phase] | None, seq_len: int, mixture: dict[str, float] | None) -> list[Phase]:
+    """One accepted shape: `Phase` objects (the recipe's `PhaseConfig`s are converted by the stage)."""
     if phases is None:
         return [Phase(None, seq_len, mixture)]
-    out = []
     for i, p in enumerate(phases):
-        if isinstance(p, Phase):
-            out.append(p)
-        elif isinstance(p, dict):
-            out.append(
-                Phase(p.get("until_tokens"), int(p.get("seq_len") or seq_len), p.get("mixture", mixture))
-            )
-        elif isinstance(p, Sequence) and len(p) in (2, 3):
-            until, length = p[0], p[1]
-            mix = p[2] if len(p) == 3 else mixture
-            out.append(Phase(None if until is None else int(until), int(length or seq_len), mix))
-        else:
+        if not isinstance(p, Phase):
             raise DataError(
-                f"phase {i} = {p!r} is not (until_tokens, seq_len, mixture) or a dict with those keys"
+                f"phase {i} = {p!r} is a {type(p).__name__}, not a steelforge.tokens.sampler.Phase; "
+                "build it as Phase(until_tokens, seq_len, mixture)"
             )
-    return out
+    return list(phases)
 
 
 class TokenLoader:
@@ -197,7 +188,9 @@ class TokenLoader:
 
     @property
     def current_seq_len(self) -> int:
-        return self._restore_sampler(self._state).peek_seq_len()
+        # Read from the cursor: building a sampler here (every step, for tokens/s) would cost a shuffle.
+        sampler_state = self._state["sampler"]
+        return phase_seq_len(self.phases, int(sampler_state["phase"]), int(sampler_state["tokens"]))
 
     @property
     def tokens_per_step(self) -> int:
@@ -359,16 +352,10 @@ class _WorkerDataset(IterableDataset):
             yield batch
 
 
-def store_fingerprints(stores: str | Path | Sequence[str | Path]) -> list[str]:
-    """Fingerprints of stores (for a checkpoint's metadata)."""
-    return [s.fingerprint() for s in open_stores(stores)]
-
-
 __all__ = [
     "SourceStream",
     "TokenLoader",
     "open_stores",
     "position_ids_for",
     "source_streams",
-    "store_fingerprints",
 ]
