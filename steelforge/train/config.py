@@ -72,7 +72,11 @@ class SpeedConfig(StrictModel):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 = bf16 compute with fp32 master weights and fp32 gradient reduction."
     )
-    attention: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel (SDPA: flash/cuDNN on GPU).")
+    attention: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        None,
+        description="Attention kernel for training; None: the model's `model.attn_implementation` (set one of them; "
+        "both set and different is refused). flash_attention_2 needs CUDA and flash-attn.",
+    )
     activation_checkpointing: Literal["none", "full", "every_k"] = Field(
         "none", description="Recompute activations in backward: none, every block, or every k-th block."
     )
@@ -134,6 +138,9 @@ class PretrainConfig(StrictModel):
     )
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
     tensorboard: bool = Field(True, description="Also write TensorBoard events when it is installed.")
+    peak_tflops: float | None = Field(
+        None, gt=0, description="One device's peak TFLOP/s for MFU (default: GPU datasheet, else a GEMM probe)."
+    )
     wandb: WandbConfig | None = Field(None, description="Also log to Weights & Biases (needs the wandb extra).")
     num_workers: int = Field(0, ge=0, description="Data-loader worker processes.")
     optim: OptimConfig = Field(default_factory=OptimConfig)

@@ -53,6 +53,11 @@ def init_distributed(cfg: ParallelConfig | None = None) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and cfg.data_parallel == "none":
+        raise RecipeError(
+            f"'pretrain.parallel.data_parallel' = 'none' under torchrun with {world} processes would train "
+            f"{world} unsynchronised copies of the model; set it to auto, fsdp or hsdp, or run one process"
+        )
     use_cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -101,8 +106,33 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+ATTENTION_KINDS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attention(kind: str, device: torch.device | None = None) -> None:
+    """Refuse an attention kernel this machine cannot run, in one sentence naming the setting and the fix."""
+    if kind not in ATTENTION_KINDS:
+        raise RecipeError(f"attention kernel '{kind}' is not one of {', '.join(ATTENTION_KINDS)}; pick one of them")
+    if kind != "flash_attention_2":
+        return
+    import importlib.util
+
+    on_cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
+    if not on_cuda:
+        raise RecipeError(
+            "'pretrain.speed.attention' = 'flash_attention_2' needs a CUDA GPU; use sdpa on this machine "
+            "(it picks the flash kernel itself on GPUs)"
+        )
+    if importlib.util.find_spec("flash_attn") is None:
+        raise RecipeError(
+            "'pretrain.speed.attention' = 'flash_attention_2' needs the flash-attn package; "
+            "pip install 'steelforge[gpu]' (or flash-attn) or use sdpa"
+        )
+
+
 def set_attention(model: nn.Module, kind: str) -> None:
-    """Select the attention kernel through the HF config ('sdpa' or 'eager')."""
+    """Select the attention kernel through the HF config ('sdpa', 'eager' or 'flash_attention_2')."""
+    check_attention(kind)
     config = getattr(model, "config", None)
     if config is not None:
         if hasattr(model, "set_attn_implementation"):
@@ -178,7 +208,8 @@ def install_forward_hidden(model: nn.Module) -> None:
 
 def parallelize(model: nn.Module, mesh: DeviceMesh | None, speed: SpeedConfig, parallel: ParallelConfig) -> nn.Module:
     """Apply the speed switches and data parallelism in torchtitan's order; returns the same model."""
-    set_attention(model, speed.attention)
+    if speed.attention is not None:  # None: keep what the model was loaded with (model.attn_implementation)
+        set_attention(model, speed.attention)
     apply_liger(model, speed.liger)
     apply_activation_checkpointing(model, speed.activation_checkpointing, speed.ac_every)
     if speed.compile:

@@ -85,17 +85,37 @@ def table_peak_flops(device_name: str, dtype: torch.dtype, *, tf32: bool = False
     return None
 
 
-def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> float:
-    """Peak matmul FLOP/s of one device for ``dtype``: the GPU table, else a measured GEMM."""
+def resolve_peak_flops(
+    device: torch.device | str, dtype: torch.dtype = torch.bfloat16, tflops: float | None = None
+) -> tuple[float, str]:
+    """One device's peak matmul FLOP/s for MFU and where it came from (printed with the run's summary).
+
+    A given `tflops` (recipe `pretrain.peak_tflops`) wins; a known GPU uses its datasheet figure; otherwise
+    a short GEMM probe measures it. On a CPU the probe takes the faster of fp32 and `dtype`: many CPUs run
+    bf16 GEMMs far below their fp32 speed, and autocast keeps much of the step in fp32, so a bf16-only probe
+    understated the peak and printed MFU above 100%.
+    """
+    if tflops:
+        return float(tflops) * 1e12, "recipe value (pretrain.peak_tflops)"
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
         peak = table_peak_flops(name, dtype, tf32=tf32)
         if peak is not None:
-            return peak
+            return peak, f"datasheet, {name}, {str(dtype).removeprefix('torch.')}{' (TF32)' if tf32 else ''}"
         console.print(f"[yellow]no datasheet peak for {name}; measuring a {dtype} GEMM for MFU[/]")
-    return measure_gemm_peak(device, dtype)
+    measured, kind = measure_gemm_peak(device, dtype), str(dtype).removeprefix("torch.")
+    if device.type == "cpu" and dtype != torch.float32:
+        fp32 = measure_gemm_peak(device, torch.float32)
+        if fp32 > measured:
+            measured, kind = fp32, "fp32"
+    return measured, f"measured {kind} GEMM on {device.type} ({torch.get_num_threads()} threads)"
+
+
+def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> float:
+    """Peak matmul FLOP/s of one device for ``dtype`` (see `resolve_peak_flops`)."""
+    return resolve_peak_flops(device, dtype)[0]
 
 
 def mfu(tokens_per_second: float, flops_per_token: float, peak: float) -> float:

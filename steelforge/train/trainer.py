@@ -121,6 +121,7 @@ class Trainer:
         self.tokens_per_step = tokens_per_step or (lambda: cfg.tokens_per_step)
         self._last_step_tokens = 0
         self._last_saved_step: int | None = None
+        self._warned_mfu = False
         self.rank, self.world_size = world()
         self.counters: dict[str, Any] = {"step": 0, "tokens": 0, "skipped": 0, "nonfinite_in_row": 0}
         self.resumed_from: Path | None = None
@@ -292,4 +293,10 @@ class Trainer:
             metrics["generated_tokens_total"] = float(self.counters["generated_tokens"])
         if self.cfg.flops_per_token and self.cfg.peak_flops:
             metrics["mfu"] = tps_device * self.cfg.flops_per_token / self.cfg.peak_flops
+            if metrics["mfu"] > 1.0 and not self._warned_mfu and self.rank == 0:
+                self._warned_mfu = True
+                console.print(
+                    f"[yellow]MFU {metrics['mfu']:.0%} is above 100%: the peak ({self.cfg.peak_flops / 1e12:.3g} "
+                    "TFLOP/s) is too low for this device; set pretrain.peak_tflops to its real peak[/]"
+                )
         return metrics
