@@ -187,9 +187,9 @@ def test_phases_change_seq_len_at_the_step_boundary(store: Path) -> None:
 
 
 def test_phases_have_one_shape_and_seq_len_reads_no_sampler(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(DataError, match="not a steelforge.tokens.sampler.Phase"):
+    with pytest.raises(DataError, match=r"not a steelforge\.tokens\.sampler\.Phase"):
         _loader(store, phases=[(96, 8), (None, 16)])
-    with pytest.raises(DataError, match="not a steelforge.tokens.sampler.Phase"):
+    with pytest.raises(DataError, match=r"not a steelforge\.tokens\.sampler\.Phase"):
         _loader(store, phases=[{"until_tokens": None, "seq_len": 8}])
     loader = _loader(store, phases=[Phase(2 * 6 * 8, 8), Phase(None, 16)], grad_accum=3)
     _take(loader, 6)
