@@ -64,6 +64,11 @@ class ParallelConfig(StrictModel):
         False, description="Build the model on the meta device and materialise shard by shard (large models)."
     )
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Process-group backend (auto: nccl on GPU).")
+    grad_sync_last_micro_batch: bool = Field(
+        False,
+        description="FSDP2: reduce-scatter gradients only after the last micro-batch of a step (fewer collectives; "
+        "costs one unsharded fp32 gradient copy of the model per rank between micro-batches).",
+    )
 
 
 class SpeedConfig(StrictModel):
@@ -82,6 +87,7 @@ class SpeedConfig(StrictModel):
     )
     ac_every: int = Field(2, ge=1, description="activation_checkpointing=every_k: checkpoint every k-th block.")
     compile: bool = Field(False, description="torch.compile each decoder block (also works on CPU).")
+    tf32: bool = Field(True, description="TF32 tensor-core matmuls for fp32 on Ampere+ GPUs (no effect on CPU).")
     compile_backend: str = Field("inductor", description="torch.compile backend (inductor, aot_eager, ...).")
     liger: Literal["auto", "on", "off"] = Field(
         "auto", description="Liger kernels (RMSNorm, RoPE, SwiGLU, fused linear CE): auto = on CUDA when installed."

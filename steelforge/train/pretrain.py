@@ -205,6 +205,9 @@ def run_pretrain(recipe: Any) -> StageReport:
     cfg: PretrainConfig = recipe.pretrain
     out = recipe.stage_dir("pretrain")
     env = init_distributed(cfg.parallel)
+    from steelforge.train.distributed import configure_precision
+
+    configure_precision(cfg.speed.precision, env.device, tf32=cfg.speed.tf32)
     if not env.is_main:
         console.quiet = True  # one console under torchrun: rank 0 speaks for every rank
     grad_accum, global_batch = cfg.resolve_batch(env.world_size)
@@ -254,6 +257,7 @@ def run_pretrain(recipe: Any) -> StageReport:
         peak_flops=peak,
         resume=cfg.checkpoint.resume,
         device=env.device,
+        grad_sync_last_micro_batch=cfg.parallel.grad_sync_last_micro_batch,
     )
 
     def export(step: int, final: bool) -> None:

@@ -60,6 +60,7 @@ class TrainerConfig:
     flops_per_token: float = 0.0  # training FLOPs per token (for MFU)
     peak_flops: float = 0.0  # one device's peak FLOP/s (for MFU)
     resume: str = "auto"  # "auto" | "none" | a checkpoint folder
+    grad_sync_last_micro_batch: bool = False  # FSDP2: gradient reduce-scatter after the last micro-batch only
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
@@ -109,6 +110,7 @@ class Trainer:
                 device=cfg.device,
                 clip_grad_norm=cfg.clip_grad_norm,
                 grad_accum=cfg.grad_accum,
+                sync_last_micro_batch=cfg.grad_sync_last_micro_batch,
             )
         self.batch_source = batches
         self.batches: Iterator[Any] | None = None
