@@ -106,7 +106,12 @@ def grad_sync_worker() -> None:
         model = parallelize(tiny_qwen2(), build_mesh(parallel, env.world_size, env.device), SpeedConfig(), parallel)
         syncs: list[bool] = []
         original = model.set_requires_gradient_sync
-        model.set_requires_gradient_sync = lambda flag, *a, _o=original, **k: (syncs.append(flag), _o(flag, *a, **k))[1]
+
+        def recording(flag: bool, *args, _original=original, _syncs=syncs, **kwargs):
+            _syncs.append(flag)
+            return _original(flag, *args, **kwargs)
+
+        model.set_requires_gradient_sync = recording
         opt = build_optimizer(model, OptimConfig(lr=1e-2))
         sched = build_scheduler(opt, ScheduleConfig(warmup_steps=1), total_steps=3, peak_lr=1e-2)
         cfg = TrainerConfig(max_steps=3, grad_accum=3, grad_sync_last_micro_batch=last_only)
