@@ -135,6 +135,12 @@ class PretrainConfig(StrictModel):
     global_batch_tokens: int | None = Field(None, ge=1, description="Tokens per optimizer step over all processes.")
     mixture: dict[str, float] | None = Field(None, description="Sampling weight per store name.")
     phases: list[PhaseConfig] | None = Field(None, description="Multi-phase data schedule (seq length, mixture).")
+    return_position_ids: bool = Field(
+        False,
+        description="Isolate packed documents: position ids restart at each document, so attention (and Steel's "
+        "causal Soft-MoE) stay inside it and the cross-document target is not trained (default: one stream).",
+    )
+    loss_masks: bool = Field(True, description="Use the token stores' loss masks (labels -100 where masked).")
     ignore_index: int = Field(
         -100, description="Label excluded from the loss (Steel-LLM: the <|endoftext|> id 151643, i.e. padding)."
     )

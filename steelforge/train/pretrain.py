@@ -146,6 +146,8 @@ def build_loader(
         seed=seed,
         mixture=cfg.mixture,
         phases=_phases(cfg),
+        return_position_ids=cfg.return_position_ids,
+        loss_masks=cfg.loss_masks,
         num_workers=cfg.num_workers,
         pin_memory=env.device.type == "cuda",
         tokenizer_fingerprint=tokenizer_fingerprint,
