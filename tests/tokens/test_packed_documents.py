@@ -3,6 +3,7 @@ documents, gives every document the loss it has alone (tiny Steel with causal So
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ def test_per_document_loss_of_a_packed_batch_equals_each_document_alone(store: P
         leaks = 0.0
         for row in range(ids.shape[0]):
             bounds = [*(pos[row] == 0).nonzero().reshape(-1).tolist(), ids.shape[1]]
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            for a, b in pairwise(bounds):
                 if (labels[row, a:b] == -100).all():
                     continue
                 alone = _token_losses(model, ids[row : row + 1, a:b], labels[row : row + 1, a:b])
