@@ -131,8 +131,11 @@ def check_attention(kind: str, device: torch.device | None = None) -> None:
         )
 
 
-def set_attention(model: nn.Module, kind: str) -> None:
-    """Select the attention kernel through the HF config ('sdpa', 'eager' or 'flash_attention_2')."""
+def set_attention(model: nn.Module, kind: str | None) -> None:
+    """Select the attention kernel through the HF config ('sdpa', 'eager' or 'flash_attention_2');
+    None keeps the one the model was loaded with."""
+    if kind is None:
+        return
     check_attention(kind)
     config = getattr(model, "config", None)
     if config is not None:

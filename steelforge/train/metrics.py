@@ -189,6 +189,22 @@ _CONSOLE_FIELDS: tuple[tuple[str, Any], ...] = (
 )
 
 
+# Bookkeeping keys: everything else an objective logs (reward, kl, rewards/accuracies...) is its own metric,
+# shown on the console line (first few) and drawn in the PNG's second row.
+_BOOKKEEPING = frozenset(
+    {"step", "time", "lr", "grad_norm", "tokens_per_s", "mfu", "tokens", "skipped", "step_time_s", "val_ppl",
+     "generated_tokens_total"}
+)
+_CONSOLE_OBJECTIVE_FIELDS = 4
+_PLOT_OBJECTIVE_FIELDS = 6
+
+
+def objective_keys(records: list[dict[str, float]] | list[Mapping[str, float]]) -> list[str]:
+    """The objective's own metric names in these records (not losses, not the engine's bookkeeping)."""
+    keys = {k for r in records for k in r if k not in _BOOKKEEPING and not k.endswith("loss")}
+    return sorted(keys)
+
+
 class MetricsLogger:
     """Every training metric goes through here: console line, ``metrics.jsonl``, TensorBoard, curves.
 
@@ -282,6 +298,7 @@ class MetricsLogger:
     def format_line(self, step: int, metrics: Mapping[str, float]) -> str:
         parts = [f"step {step:,}/{self.total_steps:,}"]
         parts += [fmt(metrics[key]) for key, fmt in _CONSOLE_FIELDS if key in metrics]
+        parts += [f"{key} {metrics[key]:.4g}" for key in objective_keys([metrics])[:_CONSOLE_OBJECTIVE_FIELDS]]
         parts.append(f"ETA {_fmt_duration(self.eta_seconds(step))}")
         return " | ".join(parts)
 
@@ -325,9 +342,22 @@ class MetricsLogger:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(10, 4), dpi=100)
+        extra = objective_keys(records)[:_PLOT_OBJECTIVE_FIELDS]
+        cols = max(2, len(extra))
+        fig = Figure(figsize=(5 * cols, 4 * (2 if extra else 1)), dpi=100)
         FigureCanvasAgg(fig)
-        ax_loss, ax_lr = fig.subplots(1, 2)
+        axes = fig.subplots(2 if extra else 1, cols, squeeze=False)
+        ax_loss, ax_lr = axes[0][0], axes[0][1]
+        for ax in axes[0][2:]:
+            ax.set_visible(False)
+        for i, key in enumerate(extra):  # the objective's own curves (reward, kl, accuracies...)
+            pts = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+            if pts:
+                axes[1][i].plot(*zip(*pts, strict=True), marker="." if len(pts) < 50 else None)
+            axes[1][i].set_xlabel("step")
+            axes[1][i].set_ylabel(key)
+        for ax in axes[1][len(extra) :] if extra else []:
+            ax.set_visible(False)
         loss_keys = sorted({k for r in records for k in r if k.endswith("loss")})
         for key in loss_keys:
             pts = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]

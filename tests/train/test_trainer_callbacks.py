@@ -136,3 +136,20 @@ def test_wandb_offline_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
     assert [json.loads(line)["reward"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0.5, 0.75]
+
+
+def test_objective_metrics_reach_console_line_and_curves(tmp_path: Path) -> None:
+    from steelforge.train.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, total_steps=3, is_main=True, tensorboard=False)
+    for step in (1, 2, 3):
+        logger.log(step, {"loss": 2.0 / step, "lr": 1e-3, "tokens": 10.0 * step, "reward": 0.1 * step, "kl": 0.01})
+    line = logger.format_line(3, {"loss": 1.0, "reward": 0.3, "kl": 0.01, "tokens": 30.0})
+    assert "reward 0.3" in line and "kl 0.01" in line and "tokens 30" not in line
+    path = logger.plot()
+    logger.close()
+    assert path is not None and path.stat().st_size > 0
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert height == 800 and width == 1000  # a second row for the objective's reward and kl curves
