@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -33,9 +33,11 @@ app = typer.Typer(
 
 # stage -> (module, run function, completeness check)
 STAGE_RUNNERS: dict[str, tuple[str, str, str]] = {
+    "tasks": ("steelforge.clean.synthetic_tasks", "run_tasks", "tasks_complete"),
     "data": ("steelforge.clean.pipeline", "run_clean", "clean_complete"),
     "pack": ("steelforge.tokens.pack", "run_pack", "pack_complete"),
     "pretrain": ("steelforge.train.pretrain", "run_pretrain", "pretrain_complete"),
+    "grpo": ("steelforge.posttrain.grpo", "run_grpo", "grpo_complete"),
 }
 
 RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or the name of an embedded recipe (e.g. demo).")]
@@ -44,12 +46,24 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a recipe field: key.path=value (repeatable)."),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the stage's outputs are complete.")]
+NewRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force-new-run",
+        help="pretrain: start at step 0 although checkpoints exist (the old run is moved to superseded-<time>/).",
+    ),
+]
 
 
-def run_stage(stage: str, recipe: Recipe, force: bool = False) -> StageReport:
+def run_stage(stage: str, recipe: Recipe, force: bool = False, force_new_run: bool = False) -> StageReport:
     """Run one stage of a loaded recipe, or skip it when its outputs are already complete."""
     module_name, run_name, done_name = STAGE_RUNNERS[stage]
     module = importlib.import_module(module_name)
+    if force_new_run and stage == "pretrain":
+        start = time.perf_counter()
+        report = module.run_pretrain(recipe, force_new_run=True)
+        report.seconds = time.perf_counter() - start
+        return report
     if not force and getattr(module, done_name)(recipe):
         report = StageReport(stage=stage, skipped=True)
         report.outputs["dir"] = recipe.stage_dir(stage)
@@ -66,15 +80,27 @@ def _load(recipe: str, overrides: list[str] | None) -> Recipe:
     return load_recipe(recipe, overrides or [])
 
 
-def _single_stage(stage: str, recipe: str, overrides: list[str] | None, force: bool) -> None:
+def _single_stage(
+    stage: str, recipe: str, overrides: list[str] | None, force: bool, force_new_run: bool = False
+) -> None:
     loaded = _load(recipe, overrides)
     if getattr(loaded, stage) is None:
         raise SteelforgeError(f"recipe '{recipe}' has no '{stage}:' section; add one to run this stage")
-    print_report(run_stage(stage, loaded, force=force))
+    _preflight(loaded, [stage])
+    print_report(run_stage(stage, loaded, force=force, force_new_run=force_new_run))
+
+
+def _preflight(recipe: Recipe, stages: list[str]) -> None:
+    """Every check that can fail before a stage starts (operators, inputs, tokenizer, model, folders)."""
+    from steelforge.validate import preflight
+
+    preflight(recipe, stages)
 
 
 @app.command()
-def run(recipe: RecipeArg = "demo", set_: SetOpt = None, force: ForceOpt = False) -> None:
+def run(
+    recipe: RecipeArg = "demo", set_: SetOpt = None, force: ForceOpt = False, force_new_run: NewRunOpt = False
+) -> None:
     """Run every stage the recipe configures, in order; stages whose outputs are complete are skipped.
 
     Examples:
@@ -83,21 +109,19 @@ def run(recipe: RecipeArg = "demo", set_: SetOpt = None, force: ForceOpt = False
 
       steelforge run recipes/demo.yaml --set pretrain.max_steps=50
     """
-    from steelforge.recipe import PLANNED_STAGES
-
     loaded = _load(recipe, set_)
     stages = loaded.stages()
+    _preflight(loaded, stages)
     console.print(f"[bold]steelforge run[/] {recipe}: stages {' -> '.join(stages) or '(none)'}  (outputs in {loaded.root})")
     reports = []
     for stage in stages:
         console.rule(f"[bold]{stage}")
-        report = run_stage(stage, loaded, force=force)
+        report = run_stage(stage, loaded, force=force, force_new_run=force_new_run)
         print_report(report)
         reports.append(report)
     extra = _after_run(loaded)
     rows = [(r.stage, "skipped (complete)" if r.skipped else f"done in {r.seconds:,.1f} s") for r in reports]
     rows += [(name, status) for name, status in extra]
-    rows += [(s, "not available in this version yet") for s in PLANNED_STAGES]
     print_table(f"run '{loaded.name}' summary", ["stage", "status"], rows)
 
 
@@ -143,16 +167,36 @@ def pack(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> Non
 
 
 @app.command()
-def pretrain(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
+def pretrain(
+    recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False, force_new_run: NewRunOpt = False
+) -> None:
     """Pretrain a causal LM on a token store (the `pretrain:` section); also under torchrun.
 
     Examples:
 
       steelforge pretrain recipes/demo.yaml --set pretrain.max_steps=20
 
+      steelforge pretrain demo --set model.overrides.num_hidden_layers=2 --force-new-run
+
       torchrun --nproc_per_node 8 -m steelforge.cli pretrain recipes/steel-1b/pretrain.yaml
+
+    To stop a torchrun run cleanly, send SIGTERM to its ranks (pkill -TERM -P <torchrun pid>): they
+    checkpoint and torchrun exits 0; if the launcher dies, the ranks checkpoint and stop on their own.
     """
-    _single_stage("pretrain", recipe, set_, force)
+    _single_stage("pretrain", recipe, set_, force, force_new_run)
+
+
+@app.command()
+def grpo(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """GRPO with verifiable rewards (the `grpo:` section): rollouts, rewards, group advantages, clipped updates.
+
+    Examples:
+
+      steelforge grpo recipes/moxin-7b/grpo.yaml --set grpo.model=runs/moxin/sft/hf
+
+      steelforge grpo recipes/steel-1b/grpo_choice.yaml --set grpo.max_steps=10 --set grpo.num_generations=4
+    """
+    _single_stage("grpo", recipe, set_, force)
 
 
 @app.command()
@@ -193,6 +237,139 @@ def sample(
     print_samples(prompts, outputs)
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoints/step_N folder, a checkpoints/ folder (newest step) or an hf/ folder.")],
+    out_dir: Annotated[str, typer.Argument(help="Folder to write the released model into (replaced atomically).")],
+    max_shard_size: Annotated[str, typer.Option(help="Split safetensors above this size (e.g. 2GB, 500MB).")] = "2GB",
+    dtype: Annotated[str, typer.Option(help="Weights dtype: fp32, bf16 or fp16.")] = "fp32",
+    run_dir: Annotated[str | None, typer.Option(help="The run folder the model card reads (default: guessed).")] = None,
+    license_id: Annotated[str, typer.Option("--license", help="License id of the weights for the card.")] = "apache-2.0",
+) -> None:
+    """Release a checkpoint as a Hugging Face folder with a model card built from the run's reports.
+
+    Examples:
+
+      steelforge export runs/demo/pretrain/checkpoints runs/demo/release
+
+      steelforge export runs/demo/pretrain/hf runs/demo/release --dtype bf16 --max-shard-size 500MB
+    """
+    from steelforge.export.hf import export_checkpoint
+
+    result = export_checkpoint(
+        checkpoint, out_dir, max_shard_size=max_shard_size, run_dir=run_dir, dtype=dtype, license_id=license_id
+    )
+    print_table(
+        f"exported to {result.out_dir}",
+        ["", ""],
+        [
+            ("source", f"{result.source.kind}: {result.source.path}"),
+            ("run folder", str(result.source.run_dir or "not found (card without run reports)")),
+            ("parameters", f"{result.parameters:,}"),
+            ("stop token ids", str(result.stop_token_ids)),
+            ("files", ", ".join(result.files)),
+        ],
+    )
+
+
+def _sampling(max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int) -> Any:
+    from steelforge.infer.chat import Sampling
+
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
+        raise SteelforgeError(
+            "sampling options out of range: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --max-new-tokens >= 1"
+        )
+    return Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+
+
+@app.command("chat")
+def chat_cmd(
+    model_dir: Annotated[str, typer.Argument(help="An exported model folder (steelforge export, or a stage's hf/).")],
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="One-shot: answer this prompt (repeatable) as JSONL.")] = None,
+    prompts_file: Annotated[str | None, typer.Option(help="One-shot: a JSONL ({\"prompt\": ...}) or text file of prompts.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="One-shot: write the JSONL answers here (default stdout).")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    chat_template: Annotated[str | None, typer.Option(help="Jinja chat template (or a file) replacing the tokenizer's.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="No chat template: the model continues your text as is.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per answer.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.9,
+    top_k: Annotated[int, typer.Option(help="Sample among the k likeliest tokens (0 = off).")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    int8: Annotated[bool, typer.Option("--int8", help="Dynamic int8 quantisation of the Linear layers (CPU).")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+) -> None:
+    """Talk to a model in the terminal (streamed, multi-turn), or answer prompts in one shot as JSONL.
+
+    In the chat: /reset, /system TEXT, /save PATH, /exit.
+
+    Examples:
+
+      steelforge chat runs/demo/release
+
+      steelforge chat runs/demo/release --system "Answer briefly." --temperature 0 --int8
+
+      steelforge chat runs/demo/release -p "What is 2+3?" -p "Name a prime." --temperature 0
+
+      steelforge chat runs/moxin/release --raw --prompts-file prompts.jsonl -o answers.jsonl
+    """
+    from pathlib import Path
+
+    from steelforge.infer.chat import ChatSession, interactive, one_shot, read_prompts_file, write_jsonl
+    from steelforge.infer.generation import load_for_inference
+
+    sampling = _sampling(max_new_tokens, temperature, top_p, top_k, seed)
+    prompts = list(prompt or []) + (read_prompts_file(Path(prompts_file)) if prompts_file else [])
+    loaded = load_for_inference(model_dir, int8=int8, chat_template=chat_template, threads=threads)
+    if not raw and not loaded.chat_template:
+        raise SteelforgeError(
+            f"model '{model_dir}' has no chat template; pass --chat-template FILE or --raw for plain prompts"
+        )
+    if prompts:
+        write_jsonl(one_shot(loaded, prompts, sampling, system=system, raw=raw), Path(output) if output else None)
+        return
+    interactive(ChatSession(loaded, sampling, system=system, raw=raw))
+
+
+@app.command("serve")
+def serve_cmd(
+    model_dir: Annotated[str, typer.Argument(help="An exported model folder (steelforge export, or a stage's hf/).")],
+    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps the server local.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' (default: env STEELFORGE_API_KEY).")] = None,
+    model_name: Annotated[str | None, typer.Option(help="The model id clients send (default: the folder name).")] = None,
+    chat_template: Annotated[str | None, typer.Option(help="Jinja chat template (or a file) replacing the tokenizer's.")] = None,
+    raw_chat: Annotated[bool, typer.Option("--raw-chat", help="Chat requests without a template: the last message is the prompt.")] = False,
+    max_batch_size: Annotated[int, typer.Option(help="Most requests decoded together in one batch.")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long the first request of a batch waits for company.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond this get 503.")] = 64,
+    int8: Annotated[bool, typer.Option("--int8", help="Dynamic int8 quantisation of the Linear layers (CPU).")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming), batching requests.
+
+    Examples:
+
+      steelforge serve runs/demo/release
+
+      STEELFORGE_API_KEY=s3cret steelforge serve runs/demo/release --port 8080 --max-batch-size 32
+
+      curl http://127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json'
+        -d '{"model": "release", "messages": [{"role": "user", "content": "hi"}]}'
+    """
+    try:
+        from steelforge.infer.server import serve
+    except ModuleNotFoundError as exc:
+        raise SteelforgeError(f"serving needs {exc.name}; install it with: pip install 'steelforge[serve]'") from None
+    if max_batch_size < 1 or max_queue < 1 or batch_wait_ms < 0:
+        raise SteelforgeError("need --max-batch-size >= 1, --max-queue >= 1 and --batch-wait-ms >= 0")
+    serve(
+        model_dir, host=host, port=port, api_key=api_key, model_name=model_name, int8=int8,
+        chat_template=chat_template, raw_chat=raw_chat, max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms, max_queue=max_queue, threads=threads,
+    )
+
+
 @app.command("validate")
 def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Check a recipe without running anything and print it fully resolved.
@@ -202,6 +379,7 @@ def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
       steelforge validate recipes/steel-1b/pretrain.yaml --set pretrain.max_steps=10
     """
     loaded = _load(recipe, set_)
+    _preflight(loaded, loaded.stages())
     typer.echo(loaded.to_yaml())
     console.print(f"[green]recipe is valid[/]: stages {', '.join(loaded.stages())}; fingerprint {loaded.fingerprint()}")
 

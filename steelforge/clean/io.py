@@ -16,11 +16,11 @@ a time from a buffered stream, so a 20 GB input never sits in memory.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,13 +72,70 @@ def file_stem(path: str | Path) -> str:
     return Path(path).stem
 
 
-def _open_binary(path: Path, fmt: str) -> IO[bytes]:
+class _Damaged(Exception):
+    """A compressed input ends early or holds bytes its codec rejects (raised after the good lines)."""
+
+
+def _decompressor(fmt: str) -> Any:
     if fmt == ".jsonl.gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if fmt == ".jsonl.zst":
-        raw = open(path, "rb")  # noqa: SIM115  (closed through the wrapping reader)
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), _READ_CHUNK)
-    return open(path, "rb")
+        return zlib.decompressobj(wbits=31)  # gzip member
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+def _decompressed_chunks(path: Path, fmt: str, position: ReadPosition) -> Iterator[bytes]:
+    """The decompressed bytes of a `.jsonl.gz` / `.jsonl.zst` file, chunk by chunk.
+
+    Decompressor objects instead of `gzip.open` / zstandard's stream reader: those stop silently or with
+    a bare EOFError on a truncated file, while here every member/frame must reach its end marker (`eof`),
+    so a truncated or corrupt file raises `_Damaged` once the bytes before the damage are out.
+    Concatenated gzip members and zstd frames are read one after another.
+    """
+    errors: tuple[type[Exception], ...] = (zlib.error, zstandard.ZstdError)
+    with open(path, "rb") as raw:
+        dec = _decompressor(fmt)
+        started = False  # the current member/frame has received input
+        while chunk := raw.read(_READ_CHUNK):
+            position.bytes = raw.tell()
+            while chunk:
+                try:
+                    out = dec.decompress(chunk)
+                except errors as exc:
+                    raise _Damaged(f"corrupt {fmt[7:]} data ({exc})") from None
+                started = True
+                if out:
+                    yield out
+                if not dec.eof:
+                    break
+                chunk = dec.unused_data
+                dec, started = _decompressor(fmt), False
+        if started and not dec.eof:
+            raise _Damaged(f"truncated {fmt[7:]} file (it ends before the compressed stream does)")
+
+
+@dataclass
+class ReadPosition:
+    """How far a reader has got into its file, in on-disk bytes (what a progress bar counts)."""
+
+    bytes: int = 0
+
+
+def _raw_lines(path: Path, fmt: str, position: ReadPosition | None = None) -> Iterator[bytes]:
+    """The lines of an input file as bytes (with their newline); compressed ones via `_decompressed_chunks`."""
+    position = position if position is not None else ReadPosition()
+    if fmt not in (".jsonl.gz", ".jsonl.zst"):
+        with open(path, "rb") as stream:
+            for line in stream:
+                position.bytes += len(line)
+                yield line
+        return
+    pending = b""
+    for chunk in _decompressed_chunks(path, fmt, position):
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
 
 
 def _excerpt(raw: bytes | str, limit: int = 200) -> str:
@@ -105,15 +162,57 @@ def _parse_line(path: Path, number: int, raw: bytes) -> dict[str, Any] | BadReco
         return BadRecord(
             str(path), number, f"row is a JSON {type(row).__name__}, not an object", excerpt=_excerpt(line)
         )
+    if _LONE_SURROGATE_ESCAPE.search(line) and _has_lone_surrogate(row):
+        return BadRecord(str(path), number, _LONE_SURROGATE_REASON, excerpt=_excerpt(line))
     return row
 
 
-def _iter_json_lines(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
-    with _open_binary(path, fmt) as stream:
-        for number, raw in enumerate(stream, start=1):
-            parsed = _parse_line(path, number, raw)
+# A `\uD800`-`\uDFFF` escape: valid JSON, but alone (not in a high+low pair) it is no Unicode character, and
+# text holding one cannot be encoded, segmented or written back as UTF-8.
+_LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE_REASON = "lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair): not Unicode text"
+
+
+def _has_lone_surrogate(row: Any) -> bool:
+    """Whether a decoded JSON value holds a lone surrogate anywhere (checked only when an escape is present)."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _iter_json_lines(
+    path: Path, fmt: str, position: ReadPosition | None = None
+) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
+    """Rows of a JSON-lines file; a damaged compressed file ends with one `BadRecord` naming the damage
+    and how many lines were read before it (the partial line at the damage is not parsed)."""
+    number = 0
+    held: bytes | None = None  # the latest line, parsed only once the next one (or a clean end) shows it whole
+    try:
+        for raw in _raw_lines(path, fmt, position):
+            if held is not None:
+                number += 1
+                parsed = _parse_line(path, number, held)
+                if parsed is not None:
+                    yield number, parsed
+            held = raw
+    except _Damaged as exc:
+        complete = held is not None and held.endswith(b"\n")
+        if complete:
+            number += 1
+            parsed = _parse_line(path, number, held)  # type: ignore[arg-type]
             if parsed is not None:
                 yield number, parsed
+        yield number + 1, BadRecord(
+            str(path), number + 1, f"{exc}; {number} lines read before the damage, the rest is lost"
+        )
+        return
+    if held is not None:
+        number += 1
+        parsed = _parse_line(path, number, held)
+        if parsed is not None:
+            yield number, parsed
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
@@ -173,6 +272,12 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadReco
                     start_line,
                     BadRecord(str(path), start_line, "non-UTF-8 bytes", excerpt=_excerpt(buf[pos:end])),
                 )
+            elif (
+                isinstance(value, dict)
+                and _LONE_SURROGATE_ESCAPE.search(buf, pos, end)
+                and _has_lone_surrogate(value)
+            ):
+                yield start_line, BadRecord(str(path), start_line, _LONE_SURROGATE_REASON)
             elif isinstance(value, dict):
                 yield start_line, value
             else:
@@ -184,7 +289,7 @@ def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadReco
             pos = end
 
 
-def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
+def _iter_json(path: Path, position: ReadPosition | None) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
     """A `.json` file holds either one JSON array or JSON lines; the first non-space byte tells."""
     with open(path, "rb") as stream:
         head = stream.read(4096).lstrip()
@@ -192,7 +297,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
         head = head[3:].lstrip()
     if head.startswith(b"["):
         return _iter_json_array(path)
-    return _iter_json_lines(path, ".jsonl")
+    return _iter_json_lines(path, ".jsonl", position)
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
@@ -209,22 +314,34 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]
             yield number, row
 
 
-def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
-    """Rows of one input file as `(line_or_row_number, dict | BadRecord)`, 1-based, streaming."""
+def iter_rows(
+    path: str | Path, position: ReadPosition | None = None
+) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
+    """Rows of one input file as `(line_or_row_number, dict | BadRecord)`, 1-based, streaming.
+
+    `position` follows the bytes read (JSON lines as they go; JSON arrays and parquet at their end).
+    """
     path = Path(path)
     fmt = format_of(path)
     if not path.is_file():
         raise DataError(f"input file '{path}' does not exist")
     if fmt == ".parquet":
-        return _iter_parquet(path)
-    if fmt == ".json":
-        return _iter_json(path)
-    return _iter_json_lines(path, fmt)
+        rows = _iter_parquet(path)
+    elif fmt == ".json":
+        rows = _iter_json(path, position)
+    else:
+        rows = _iter_json_lines(path, fmt, position)
+    return rows if position is None else _then_at_end(rows, position, path.stat().st_size)
 
 
-def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+def _then_at_end(rows: Iterator[Any], position: ReadPosition, size: int) -> Iterator[Any]:
+    yield from rows
+    position.bytes = size
+
+
+def iter_records(path: str | Path, position: ReadPosition | None = None) -> Iterator[dict[str, Any]]:
     """The rows of one input file as dicts; the first malformed row raises `DataError` (file:line)."""
-    for _, row in iter_rows(path):
+    for _, row in iter_rows(path, position):
         if isinstance(row, BadRecord):
             raise DataError(f"{row.file}:{row.line}: {row.reason}; fix or remove that line")
         yield row
@@ -278,7 +395,7 @@ def used_fields(spec: SourceSpec) -> set[str]:
 
 
 def iter_documents(
-    path: str | Path, spec: SourceSpec, *, meta: bool = True
+    path: str | Path, spec: SourceSpec, *, meta: bool = True, position: ReadPosition | None = None
 ) -> Iterator[dict[str, Any] | BadRecord]:
     """Documents `{"id", "text", "source", "meta"}` of one file, or `BadRecord`s for rows that fail.
 
@@ -287,7 +404,7 @@ def iter_documents(
     """
     stem = file_stem(path)
     skip_meta = used_fields(spec)
-    for index, (number, row) in enumerate(iter_rows(path)):
+    for index, (number, row) in enumerate(iter_rows(path, position)):
         if isinstance(row, BadRecord):
             row.source = spec.name
             row.id = f"{spec.name}:{stem}:{index}"

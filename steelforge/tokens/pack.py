@@ -12,22 +12,22 @@ and re-running a complete store with the same inputs and settings is a no-op.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from steelforge.clean.executors import ordered_pool_map
 from steelforge.errors import DataError, SteelforgeError
-from steelforge.reporting import StageReport, make_progress
+from steelforge.reporting import StageReport, console, make_progress
+from steelforge.stage import publish_dir
 from steelforge.tokens.pack_config import PackConfig
 from steelforge.tokens.store import MANIFEST, Manifest, ShardInfo, shard_stem, write_shard
 
@@ -167,17 +167,10 @@ def encode_batches(
         for texts in batches:
             yield _encode(texts)
         return
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(
-        num_workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer_json, False)
-    ) as pool:
-        pending: deque[Future] = deque()
-        for texts in batches:
-            pending.append(pool.submit(_encode, texts))
-            if len(pending) >= 2 * num_workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    yield from ordered_pool_map(
+        _encode, batches, num_workers, initializer=_init_worker, initargs=(tokenizer_json, False),
+        mp_context=get_context("spawn"),
+    )  # fmt: skip
 
 
 def resolve_separator(tokenizer: Any, value: str | None) -> str | None:
@@ -314,13 +307,27 @@ def resolve_inputs(recipe: Any) -> list[Path]:
 
 
 def iter_documents(
-    files: list[Path], cfg: PackConfig, on_file: Callable[[Path], None] | None = None
+    files: list[Path],
+    cfg: PackConfig,
+    on_file: Callable[[Path], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[str, str]]:
-    """`(source, text)` of every record; the source is the record's `source_field` or the file name."""
+    """`(source, text)` of every record; the source is the record's `source_field` or the file name.
+
+    `on_bytes(n)` reports progress in on-disk input bytes as documents are read: exact at each file's end,
+    estimated inside a file from the text read so far (compressed files use the ratio of the last one).
+    """
     from steelforge.clean.io import file_stem, iter_records
 
+    ratio = 1.0  # on-disk bytes per text byte, learnt from each finished file
     for path in files:
         default_source = file_stem(path)
+        size = path.stat().st_size
+        if path.suffix in (".jsonl", ".json", ".txt"):
+            ratio = 1.0
+        elif ratio == 1.0:
+            ratio = 0.35  # first compressed file: a typical zstd/gzip ratio on text until one is measured
+        reported = text_bytes = 0
         for record in iter_records(path):
             text = record.get(cfg.text_field)
             if text is None:
@@ -329,21 +336,47 @@ def iter_documents(
                 )
             source = record.get(cfg.source_field) or default_source
             yield str(source), str(text)
+            if on_bytes is not None:
+                text_bytes += len(str(text).encode("utf-8", "surrogatepass"))
+                estimate = min(int(text_bytes * ratio), size)
+                if estimate > reported:
+                    on_bytes(estimate - reported)
+                    reported = estimate
+        if on_bytes is not None and size > reported:
+            on_bytes(size - reported)
+        if text_bytes:
+            ratio = size / text_bytes
         if on_file is not None:
             on_file(path)
 
 
-def pack_fingerprint(recipe: Any, files: list[Path]) -> str:
-    """What a store depends on: pack settings (not the worker count), tokenizer, input files."""
+def pack_made_from(recipe: Any, files: list[Path], tokenizer_fp: str) -> dict[str, Any]:
+    """What a store is made from: pack settings (not the worker count), tokenizer, input files (size, mtime ns)."""
+    from steelforge.stage import files_fingerprint
+
     cfg: PackConfig = recipe.pack or PackConfig()
-    settings = cfg.model_dump(mode="json", exclude={"num_workers", "output"})
-    inputs = [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
-    blob = json.dumps({"pack": settings, "tokenizer": recipe.tokenizer, "inputs": inputs}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return {
+        "pack": cfg.model_dump(mode="json", exclude={"num_workers", "output"}),
+        "tokenizer": {"name": str(recipe.tokenizer), "fingerprint": tokenizer_fp},
+        "inputs": {"files": len(files), "fingerprint": files_fingerprint(files)},
+    }
+
+
+def pack_fingerprint(recipe: Any, files: list[Path], tokenizer_fp: str = "") -> str:
+    """A short hash of `pack_made_from` (kept in the manifest for tools that compare stores by one value)."""
+    from steelforge.stage import digest
+
+    return digest(pack_made_from(recipe, files, tokenizer_fp))
 
 
 def pack_complete(recipe: Any) -> bool:
-    """True when the store exists, is complete and was built from the same inputs and settings."""
+    """True when the store exists, is complete and was made from the same inputs, tokenizer and settings.
+
+    When it was made from something else, the changed keys are printed and the store is rebuilt.
+    """
+    from steelforge.stage import changed_keys, describe_changes
+    from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
+
     manifest_path = recipe.stage_dir("pack") / MANIFEST
     if not manifest_path.is_file():
         return False
@@ -352,9 +385,17 @@ def pack_complete(recipe: Any) -> bool:
         files = resolve_inputs(recipe)
     except (OSError, json.JSONDecodeError, SteelforgeError):
         return False
-    return bool(raw.get("complete")) and raw.get("extra", {}).get("pack_fingerprint") == pack_fingerprint(
-        recipe, files
-    )
+    recorded = raw.get("extra", {}).get("made_from")
+    if not raw.get("complete") or recorded is None:
+        return False
+    current = pack_made_from(recipe, files, tokenizer_fingerprint(load_tokenizer(recipe.tokenizer)))
+    keys = changed_keys(recorded, current)
+    if keys:
+        console.print(
+            f"the token store in {manifest_path.parent} was made from {describe_changes(recorded, current, keys)}"
+            " differently; packing again"
+        )
+    return not keys
 
 
 def _prepare_output(out: Path) -> Path:
@@ -393,7 +434,7 @@ def run_pack(recipe: Any) -> StageReport:
             progress.update(task, rate=f"{counts['tokens']:,} tokens, {rate:,.0f} tokens/s")
 
         manifest = pack_documents(
-            iter_documents(files, cfg, on_file=lambda p: progress.advance(task, p.stat().st_size)),
+            iter_documents(files, cfg, on_bytes=lambda n: progress.advance(task, n)),
             tokenizer,
             partial,
             tokenizer_name=str(recipe.tokenizer),
@@ -405,12 +446,14 @@ def run_pack(recipe: Any) -> StageReport:
             batch_docs=cfg.batch_docs,
             on_batch=on_batch,
         )
-    manifest.extra = {"pack_fingerprint": pack_fingerprint(recipe, files), "inputs": [str(p) for p in files]}
+    made_from = pack_made_from(recipe, files, manifest.tokenizer_fingerprint)
+    manifest.extra = {
+        "pack_fingerprint": pack_fingerprint(recipe, files, manifest.tokenizer_fingerprint),
+        "made_from": made_from,
+        "inputs": [str(p) for p in files],
+    }
     manifest.save(partial)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, out)
+    publish_dir(partial, out)
     seconds = time.perf_counter() - start
     report = StageReport(stage="pack")
     report.add("input files", len(files))

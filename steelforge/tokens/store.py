@@ -24,8 +24,8 @@ re-hashes every file against its md5.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from steelforge.errors import DataError
+from steelforge.stage import atomic_write_bytes
 
 FORMAT_NAME = "steelforge-token-store"
 FORMAT_VERSION = 2  # 2: optional per-token loss masks (`<stem>.mask`, uint8); version 1 stores still read
@@ -125,17 +126,6 @@ class Manifest:
 
 
 # ---- files -----------------------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write to a temporary sibling, fsync, then rename: readers never see a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def file_md5(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as fh:
@@ -203,6 +193,8 @@ class TokenStore:
         self._tokens: dict[str, np.memmap] = {}
         self._docs: dict[str, np.ndarray] = {}
         self._masks: dict[str, np.ndarray] = {}
+        # Set by a reader that knows the model's vocabulary: each shard's ids are range-checked when first opened.
+        self.vocab_size: int | None = None
         if check_sizes:
             self.check_sizes()
 
@@ -288,7 +280,15 @@ class TokenStore:
         if mm is None:
             if shard.tokens == 0:
                 return np.zeros(0, dtype=TOKEN_DTYPE)
-            mm = self._tokens[shard.file] = np.memmap(self.path / shard.file, dtype=TOKEN_DTYPE, mode="r")
+            mm = np.memmap(self.path / shard.file, dtype=TOKEN_DTYPE, mode="r")
+            if self.vocab_size is not None and mm.size and int(mm.max()) >= self.vocab_size:
+                bad = int(np.argmax(mm >= self.vocab_size))
+                raise DataError(
+                    f"shard '{self.path / shard.file}' holds token id {int(mm[bad])} at position {bad}, beyond the "
+                    f"model's vocabulary of {self.vocab_size}; the shard is damaged or was packed for another "
+                    "model: run `steelforge store verify` and re-pack"
+                )
+            self._tokens[shard.file] = mm
         return mm
 
     @property
@@ -351,6 +351,37 @@ def _resolve_new_shards(paths: list[Path]) -> list[tuple[TokenStore, ShardInfo]]
     return found
 
 
+def document_hashes(store: TokenStore, shard: ShardInfo) -> set[bytes]:
+    """8-byte hashes of the documents that start and end inside `shard` (independent of the shard size)."""
+    tokens = store.tokens(shard)
+    starts = [int(x) for x in store.doc_starts(shard)]
+    out = set()
+    for begin, end in itertools.pairwise(starts):  # the last one may continue in the next shard
+        out.add(hashlib.blake2b(np.asarray(tokens[begin:end]).tobytes(), digest_size=8).digest())
+    return out
+
+
+# An append whose documents are mostly in the store already is a re-pack of the same data, not new data.
+DUPLICATE_DOCS_LIMIT = 0.5
+
+
+def _check_document_overlap(store: TokenStore, incoming: list[tuple[TokenStore, ShardInfo]]) -> None:
+    known: set[bytes] = set()
+    for shard in store.shards:
+        known |= document_hashes(store, shard)
+    new: set[bytes] = set()
+    for src, shard in incoming:
+        new |= document_hashes(src, shard)
+    if not new:
+        return
+    repeated = len(new & known)
+    if repeated > DUPLICATE_DOCS_LIMIT * len(new):
+        raise DataError(
+            f"{repeated:,} of the {len(new):,} documents being appended are already in '{store.path}' (the same "
+            "data packed again, e.g. with another shard size); appending would repeat them, leave them out"
+        )
+
+
 def _framing(manifest: Manifest) -> tuple[int | None, int | None]:
     """The ids around every document of a store: (BOS, separator)."""
     return manifest.bos_id, manifest.separator_id
@@ -359,8 +390,8 @@ def _framing(manifest: Manifest) -> tuple[int | None, int | None]:
 def append_shards(store_dir: str | Path, new: list[str | Path]) -> list[ShardInfo]:
     """Copy shards of other stores (same tokenizer) into `store_dir` and list them in its manifest.
 
-    Refuses a shard whose md5 is already in the store, and any tokenizer mismatch, before copying
-    anything. The shards' own md5s are re-checked while copying.
+    Refuses a shard whose md5 is already in the store, documents that are mostly in the store already
+    (the same data re-packed with another shard size), and any tokenizer mismatch, before copying anything. The shards' own md5s are re-checked while copying.
     """
     store = TokenStore(store_dir)
     incoming = _resolve_new_shards([Path(p) for p in new])
@@ -379,6 +410,7 @@ def append_shards(store_dir: str | Path, new: list[str | Path]) -> list[ShardInf
                 "appending it again would repeat its data, leave it out"
             )
         known[shard.md5] = shard.file
+    _check_document_overlap(store, incoming)
     next_index: dict[str, int] = {}
     for shard in store.shards:
         next_index[shard.source] = next_index.get(shard.source, 0) + 1

@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from steelforge.errors import SteelforgeError
+from steelforge.stage import fsync_dir as _fsync_dir
+from steelforge.stage import publish_dir
+from steelforge.stage import remove_tree as _remove_tree
 
 FORMAT_VERSION = 1
 STEP_PREFIX = "step_"
@@ -81,30 +84,11 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX needs the parent directory flushed too)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a directory so that a kill half-way never leaves something that looks complete."""
-    if not path.exists():
-        return
-    doomed = path.with_name(f"{TMP_PREFIX}delete-{path.name}-{os.getpid()}")
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 class _PausableWriter(FileSystemWriter):
@@ -196,6 +180,7 @@ class Checkpointer:
         keep_every: int | None = None,
         recipe_yaml: str = "",
         recipe_hash: str = "",
+        made_from: dict[str, Any] | None = None,
     ) -> None:
         if keep_last < 1:
             raise CheckpointError(f"keep_last must be at least 1, got {keep_last}; set it to 1 or more")
@@ -206,6 +191,7 @@ class Checkpointer:
         self.keep_every = keep_every
         self.recipe_yaml = recipe_yaml
         self.recipe_hash = recipe_hash
+        self.made_from = made_from
 
     # ----------------------------------------------------------------- discovery
     def step_dir(self, step: int) -> Path:
@@ -268,6 +254,9 @@ class Checkpointer:
                 "has_optimizer": "optim" in state,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "torch": torch.__version__,
+                # what the state was made from (compared on resume) and each file's checksum (verified on resume)
+                "made_from": self.made_from,
+                "files": file_checksums(tmp),
             }
             _write_text(tmp / RECIPE_FILE, self.recipe_yaml)
             _write_text(tmp / META_FILE, json.dumps(meta, indent=2))
@@ -291,6 +280,20 @@ class Checkpointer:
         for stale in self.root.glob(f"{TMP_PREFIX}*"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
+
+    def verified_latest(self, warn: Any = None) -> Path | None:
+        """The newest complete checkpoint whose files match their recorded checksums.
+
+        A damaged one (flipped byte, truncated shard) is skipped with a warning naming it, and the previous
+        checkpoint is used instead; older checkpoints without checksums are taken as they are.
+        """
+        for path in reversed(self.complete()):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                return path
+            if warn is not None:
+                warn(f"checkpoint {path} is damaged ({problem}); falling back to the previous checkpoint")
+        return None
 
     # ----------------------------------------------------------------- load
     def read_meta(self, path: Path) -> dict[str, Any]:
@@ -351,26 +354,122 @@ class Checkpointer:
 
         Every rank must call it (FSDP2 shards are gathered); rank 0 writes.
         """
-        rank, _ = _rank_world()
-        out_dir = Path(out_dir)
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank == 0:
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out_dir.with_name(f"{TMP_PREFIX}{out_dir.name}")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            full = {k: v.detach().contiguous() for k, v in full.items()}
-            model.save_pretrained(tmp, state_dict=full)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            if self.recipe_yaml:
-                _write_text(tmp / RECIPE_FILE, self.recipe_yaml)
-            if out_dir.exists():
-                _remove_tree(out_dir)
-            os.replace(tmp, out_dir)
-            _fsync_dir(out_dir.parent)
-        _barrier()
-        return out_dir
+        return save_consolidated(model, tokenizer, out_dir, recipe_yaml=self.recipe_yaml)
+
+
+def save_consolidated(
+    model: nn.Module,
+    tokenizer: Any,
+    out_dir: Path,
+    *,
+    recipe_yaml: str = "",
+    max_shard_size: int | str = "5GB",
+    dtype: torch.dtype | None = None,
+    finalize: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a model as one HF folder: gather the full state dict, ``save_pretrained`` aside, then rename.
+
+    Training's end-of-run export and ``steelforge export`` share this primitive. Every rank must call it
+    (FSDP2 shards are gathered); rank 0 writes. ``finalize(tmp_dir)`` adds files (model card, generation
+    config) before the folder is renamed into place, so a reader never sees a half-written export.
+    """
+    rank, _ = _rank_world()
+    out_dir = Path(out_dir)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.with_name(f"{TMP_PREFIX}{out_dir.name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        full = {k: (v if dtype is None else v.to(dtype)).detach().contiguous() for k, v in full.items()}
+        with _no_library_bars():
+            model.save_pretrained(tmp, state_dict=full, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+            _write_generation_eos(tmp, tokenizer)
+        if recipe_yaml:
+            _write_text(tmp / RECIPE_FILE, recipe_yaml)
+        if finalize is not None:
+            finalize(tmp)
+        publish_dir(tmp, out_dir)
+    _barrier()
+    return out_dir
+
+
+@contextlib.contextmanager
+def _no_library_bars() -> Iterator[None]:
+    """No "Writing model shards" bar from transformers inside our own output, even if it was imported first."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def file_checksums(folder: Path) -> dict[str, list[Any]]:
+    """``{name: [size, sha256]}`` of every file in a checkpoint folder (the meta file itself excluded)."""
+    from steelforge.stage import file_sha256
+
+    return {
+        p.name: [p.stat().st_size, file_sha256(p)]
+        for p in sorted(Path(folder).iterdir())
+        if p.is_file() and p.name != META_FILE
+    }
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when every file recorded in ``checkpoint.json`` is present with its size and sha256, else why not."""
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"unreadable {META_FILE}: {exc}"
+    recorded = meta.get("files")
+    if not recorded:
+        return None  # written before checksums were recorded
+    from steelforge.stage import file_sha256
+
+    for name, (size, sha) in sorted(recorded.items()):
+        file = Path(path) / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+        if file_sha256(file) != sha:
+            return f"{name} does not match its recorded sha256"
+    return None
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """Ids that end a generation: the tokenizer's eos first, then Qwen's <|im_end|>/<|endoftext|> when present.
+
+    Packed documents end with the pack separator (<|im_end|> for qwen1.5), so `generate` must stop there.
+    """
+    ids: list[int] = []
+    if tokenizer is None:
+        return ids
+    candidates = [getattr(tokenizer, "eos_token", None), "<|im_end|>", "<|endoftext|>"]
+    vocab = tokenizer.get_vocab()
+    for token in candidates:
+        if token is not None and token in vocab and vocab[token] not in ids:
+            ids.append(int(vocab[token]))
+    return ids
+
+
+def _write_generation_eos(folder: Path, tokenizer: Any) -> None:
+    stops = stop_token_ids(tokenizer)
+    if not stops:
+        return
+    path = Path(folder) / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    config["eos_token_id"] = stops
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None:
+        config.setdefault("pad_token_id", int(pad))
+    _write_text(path, json.dumps(config, indent=2) + "\n")
 
 
 class StopSignal:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from steelforge.config_base import StrictModel
 from steelforge.errors import RecipeError
@@ -117,6 +117,21 @@ class WandbConfig(StrictModel):
     mode: Literal["online", "offline", "disabled"] = Field("offline", description="online needs a login/API key.")
 
 
+class ResumeConfig(StrictModel):
+    """Deliberate continued training from another run's checkpoint (Steel-LLM's appended-data phase).
+
+    Used only when this run's own `checkpoints/` holds none yet; afterwards this run resumes itself.
+    """
+
+    from_: Path = Field(alias="from", description="A complete checkpoint folder (.../checkpoints/step_000001000).")
+    reset_optimizer: bool = Field(True, description="Start AdamW moments afresh (new data, new schedule).")
+    reset_data: bool = Field(True, description="Start the data loader afresh (other stores or mixture).")
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), validate_by_name=True, serialize_by_alias=True
+    )
+
+
 class PretrainConfig(StrictModel):
     """Causal-LM pretraining on token stores."""
 
@@ -160,6 +175,14 @@ class PretrainConfig(StrictModel):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    verify_store: Literal["full", "quick", "off"] = Field(
+        "quick",
+        description="Check token stores at start: quick = sizes, manifest and the id range of each shard as it is "
+        "first read; full = also every shard's md5; off = nothing.",
+    )
+    resume: ResumeConfig | None = Field(
+        None, description="Continue from another run's checkpoint: {from: <path>, reset_optimizer, reset_data}."
+    )
 
     @model_validator(mode="after")
     def _batch_settings(self) -> PretrainConfig:

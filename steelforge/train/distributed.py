@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import threading
+import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +48,40 @@ class DistEnv:
         return dist.is_available() and dist.is_initialized()
 
 
+# Seconds a rank whose launcher died may spend saving a checkpoint before it exits regardless.
+LAUNCHER_DEATH_GRACE_S = 120.0
+
+
+def stop_with_launcher(poll_s: float = 1.0, grace_s: float = LAUNCHER_DEATH_GRACE_S) -> threading.Thread | None:
+    """Under torchrun: when the launcher dies (even by `kill -9`), this rank stops too.
+
+    A rank that outlives its launcher keeps training unseen and can race a relaunch over the same
+    checkpoints. A daemon thread polls the parent pid; when the parent is gone it sends this process SIGTERM
+    (the training loop's `StopSignal` then saves a checkpoint and returns, as on preemption; every rank gets
+    the same signal within a poll) and, if the process is still alive after `grace_s`, exits it hard.
+    """
+    global _WATCHER
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+        return None
+    if _WATCHER is not None:
+        return _WATCHER
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(143)
+
+    _WATCHER = threading.Thread(target=watch, name="steelforge-launcher-watch", daemon=True)
+    _WATCHER.start()
+    return _WATCHER
+
+
+_WATCHER: threading.Thread | None = None
+
+
 def init_distributed(cfg: ParallelConfig | None = None) -> DistEnv:
     """Join the process group torchrun describes in the environment (rendezvous included); alone otherwise.
 
@@ -63,6 +100,8 @@ def init_distributed(cfg: ParallelConfig | None = None) -> DistEnv:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    if world > 1:
+        stop_with_launcher()
     if world > 1 and not dist.is_initialized():
         backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))

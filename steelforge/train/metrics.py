@@ -223,8 +223,12 @@ class MetricsLogger:
         jsonl_name: str = "metrics.jsonl",
         plot_name: str = "curves.png",
         wandb: Mapping[str, Any] | None = None,
+        log_every: int = 1,
     ) -> None:
         self.out_dir = Path(out_dir)
+        # Training lines are kept every `log_every` steps, plus the run's first step (so a person sees at once
+        # that training started and how long the warm-up step took) and the last one.
+        self.log_every = max(1, log_every)
         self.total_steps = total_steps
         self.is_main = is_main
         self.jsonl_path = self.out_dir / jsonl_name
@@ -307,8 +311,11 @@ class MetricsLogger:
         if not self.is_main:
             return
         values = {key: _scalar(value) for key, value in metrics.items()}
-        if self._t0 is None:
+        first = self._t0 is None
+        if first:
             self._t0, self._first_step = time.monotonic(), step
+        elif "loss" in values and step % self.log_every and step != self.total_steps:
+            return
         record = {"step": step, "time": time.time(), **values}
         self._records.append(record)
         assert self._jsonl is not None
@@ -319,7 +326,10 @@ class MetricsLogger:
                 self._tb.add_scalar(f"train/{key}", value, step)
         if self._wandb is not None:
             self._wandb.log({f"train/{key}": value for key, value in values.items()}, step=step)
-        console.print(self.format_line(step, values), markup=False, highlight=False, soft_wrap=True)
+        line = self.format_line(step, values)
+        if first and "loss" in values:
+            line += " (first step of this run: includes warm-up/compilation)"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def history(self) -> list[dict[str, float]]:
         """All records in ``metrics.jsonl`` (earlier runs included), the last one kept per step."""
@@ -405,8 +415,7 @@ class MetricsLogger:
             rows.append(("tokens seen", int(col("tokens")[-1])))
         if col("skipped"):
             rows.append(("skipped steps", int(col("skipped")[-1])))
-        rows.append(("wall time s", recs[-1]["time"] - recs[0]["time"]))
-        return rows
+        return rows  # the stage's one wall-time figure is the report's own (`StageReport.seconds`)
 
     def close(self) -> None:
         if self._jsonl is not None:

@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from steelforge.errors import DataError
+from steelforge.errors import DataError, SteelforgeError
 from steelforge.reporting import StageReport, console
+from steelforge.stage import atomic_write_json
 from steelforge.train.config import PretrainConfig
 from steelforge.train.distributed import DistEnv, init_distributed, materialize, parallelize
 from steelforge.train.engine import LossOutput, Trainer, TrainerConfig
@@ -122,6 +123,25 @@ def store_dirs(recipe: Any, cfg: PretrainConfig) -> list[Path]:
     return stores
 
 
+def check_stores(stores: list[Path], mode: str, env: DistEnv) -> None:
+    """`pretrain.verify_store`: quick = sizes and manifest (ids are range-checked as shards are first read);
+    full = also every shard's md5. One sentence naming the shard on failure, before the model is built."""
+    from steelforge.tokens.store import TokenStore
+
+    if mode == "off":
+        return
+    for path in stores:
+        store = TokenStore(path)  # manifest format, completeness and every file's size
+        if mode == "full":
+            # rank 0 hashes, every rank learns the verdict (no rank waits in a collective for a failed one)
+            problems = _broadcast(store.verify() if env.is_main else None, env)
+            if problems:
+                raise DataError(
+                    f"token store '{path}' fails verification: {problems[0]}; restore that shard or re-run "
+                    "`steelforge pack` (pretrain.verify_store: full)"
+                )
+
+
 def _phases(cfg: PretrainConfig) -> list[Any] | None:
     if not cfg.phases:
         return None
@@ -131,7 +151,13 @@ def _phases(cfg: PretrainConfig) -> list[Any] | None:
 
 
 def build_loader(
-    stores: list[Path], cfg: PretrainConfig, env: DistEnv, seed: int, grad_accum: int, tokenizer_fingerprint: str
+    stores: list[Path],
+    cfg: PretrainConfig,
+    env: DistEnv,
+    seed: int,
+    grad_accum: int,
+    tokenizer_fingerprint: str,
+    vocab_size: int | None = None,
 ) -> Any:
     """This rank's `TokenLoader`; it refuses stores packed with another tokenizer than the recipe's."""
     from steelforge.tokens.loader import TokenLoader
@@ -151,6 +177,7 @@ def build_loader(
         num_workers=cfg.num_workers,
         pin_memory=env.device.type == "cuda",
         tokenizer_fingerprint=tokenizer_fingerprint,
+        vocab_size=vocab_size if cfg.verify_store != "off" else None,
     )
 
 
@@ -184,6 +211,185 @@ def make_validation(
     return evaluate
 
 
+# ---- what a run is made from, and resuming only what the recipe describes --------------------------
+# Keys of a model config that say nothing about the architecture (and differ between saves).
+_CONFIG_NOISE = {
+    "transformers_version", "torch_dtype", "dtype", "architectures", "use_cache", "output_attentions",
+    "output_hidden_states", "return_dict", "attn_implementation", "name_or_path", "auto_map",
+}
+
+
+def architecture_record(model: nn.Module) -> dict[str, Any]:
+    """The model config's architecture fields (no dtype, version or attention-kernel choice)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    raw = config.to_dict()
+    return {k: v for k, v in sorted(raw.items()) if not k.startswith("_") and k not in _CONFIG_NOISE}
+
+
+def store_record(stores: list[Path], recorded: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Each store's fingerprint over the shards a checkpoint saw (appended shards leave it unchanged)."""
+    from steelforge.tokens.store import TokenStore
+
+    out = []
+    for i, path in enumerate(stores):
+        store = TokenStore(path, check_sizes=False)
+        seen = len(store.shards)
+        if recorded is not None and i < len(recorded) and recorded[i].get("shards", seen) <= seen:
+            seen = int(recorded[i]["shards"])
+        out.append({"path": str(path), "shards": seen, "fingerprint": store.fingerprint(seen)})
+    return out
+
+
+def stores_made_from(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Store records keyed by position (the path may move; the shards read so far may not change)."""
+    return {str(i): {"shards": r["shards"], "fingerprint": r["fingerprint"]} for i, r in enumerate(records)}
+
+
+def made_from(
+    recipe: Any, cfg: PretrainConfig, model: nn.Module, tokenizer_fp: str, stores: list[dict[str, Any]], global_batch: int
+) -> dict[str, Any]:
+    """Everything that changes what training produces; recorded in every checkpoint and compared on resume."""
+    return {
+        "model": architecture_record(model),
+        "tokenizer": tokenizer_fp,
+        "stores": stores_made_from(stores),
+        "pretrain": {
+            "seq_len": cfg.seq_len,
+            "global_batch_samples": global_batch,
+            "phases": [p.model_dump(mode="json") for p in cfg.phases] if cfg.phases else None,
+            "mixture": cfg.mixture,
+            "ignore_index": cfg.ignore_index,
+            "seed": recipe.seed,
+            "optim": cfg.optim.model_dump(mode="json", exclude={"implementation"}),
+            "schedule": {
+                **cfg.schedule.model_dump(mode="json", exclude={"total_steps"}),
+                "total_steps": cfg.schedule.total_steps or cfg.max_steps,
+            },
+            "resume_from": str(cfg.resume.from_) if cfg.resume is not None else None,
+        },
+    }
+
+
+def _broadcast(value: Any, env: DistEnv) -> Any:
+    if env.world_size > 1 and dist.is_available() and dist.is_initialized():
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+def choose_resume(
+    checkpointer: Any, recipe: Any, cfg: PretrainConfig, current: dict[str, Any], stores: list[Path], env: DistEnv
+) -> tuple[str, dict[str, Any]]:
+    """The checkpoint to resume ("none" for a fresh start) and the made-from record to save with new ones.
+
+    Rank 0 decides (checksums are verified once) and tells the others. Refuses, in one sentence, a checkpoint
+    made from another architecture, tokenizer, store or result-changing setting, and a `max_steps` below it.
+    """
+    from steelforge.stage import ResumeMismatch, changed_keys, mismatch_sentence
+
+    if cfg.checkpoint.resume == "none":
+        return "none", current
+    decision: tuple[str, dict[str, Any], str | None] = ("none", current, None)
+    if env.is_main:
+        if cfg.checkpoint.resume == "auto":
+            path = checkpointer.verified_latest(warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+            if path is None and checkpointer.complete():
+                decision = (
+                    "none",
+                    current,
+                    f"every checkpoint in {checkpointer.root} is damaged (see the warnings above); restore one, "
+                    "or pass --force-new-run to start over",
+                )
+        else:
+            from steelforge.train.checkpoint import verify_checkpoint
+
+            path = Path(cfg.checkpoint.resume)
+            problem = verify_checkpoint(path) if path.is_dir() else "it does not exist"
+            if problem:
+                decision = ("none", current, f"pretrain.checkpoint.resume = {path} cannot be used: {problem}")
+                path = None
+        if path is not None:
+            meta = checkpointer.read_meta(path)
+            step, recorded = int(meta.get("step", 0)), meta.get("made_from")
+            error = None
+            if step > cfg.max_steps:
+                error = (
+                    f"pretrain.max_steps = {cfg.max_steps} is below the step {step} of checkpoint {path}; raise "
+                    "max_steps to continue it, or pass --force-new-run or set a new out_dir to train a shorter run"
+                )
+            elif recorded is not None:
+                seen = [v for _, v in sorted((recorded.get("stores") or {}).items(), key=lambda kv: int(kv[0]))]
+                current = {**current, "stores": stores_made_from(store_record(stores, seen))}
+                keys = changed_keys(recorded, current)
+                if keys:
+                    error = mismatch_sentence(f"checkpoint {path}", recorded, current, keys)
+            decision = (str(path), current, error)
+    path_text, current, error = _broadcast(decision, env)
+    if error:
+        raise ResumeMismatch(error)
+    return path_text, current
+
+
+def force_new_run_outputs(out: Path, env: DistEnv) -> Path | None:
+    """Move this stage's checkpoints, exports and marker into `superseded-<UTC time>/` (nothing is deleted)."""
+    import time as _time
+
+    target = None
+    if env.is_main:
+        movable = [out / n for n in ("checkpoints", "hf", DONE_FILE, "metrics.jsonl", "curves.png") if (out / n).exists()]
+        movable += sorted(out.glob("hf-step_*"))
+        if movable:
+            target = out / f"superseded-{_time.strftime('%Y%m%dT%H%M%SZ', _time.gmtime())}"
+            target.mkdir(parents=True, exist_ok=True)
+            for item in movable:
+                item.rename(target / item.name)
+            console.print(f"--force-new-run: the previous run's outputs were moved to {target}")
+    if env.world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return target
+
+
+def continue_from(cfg: PretrainConfig, checkpointer: Any, model: nn.Module, optimizer: Any, loader: Any,
+                  current: dict[str, Any]) -> None:
+    """`pretrain.resume.from`: load another run's weights (and, unless reset, its optimizer/data state)."""
+    from steelforge.stage import ResumeMismatch, changed_keys
+    from steelforge.train.checkpoint import verify_checkpoint
+
+    assert cfg.resume is not None
+    path = Path(cfg.resume.from_)
+    problem = verify_checkpoint(path) if path.is_dir() else "it does not exist"
+    if problem is None:
+        try:
+            meta = checkpointer.read_meta(path)
+        except SteelforgeError as exc:
+            problem = str(exc)
+    if problem:
+        raise ResumeMismatch(f"pretrain.resume.from = {path} cannot be used: {problem}; point it at a step_* checkpoint")
+    recorded = (meta.get("made_from") or {})
+    keys = [k for k in changed_keys({k: recorded.get(k) for k in ("model", "tokenizer")},
+                                    {k: current[k] for k in ("model", "tokenizer")}) if recorded]
+    if keys:
+        raise ResumeMismatch(
+            f"pretrain.resume.from = {path} holds another model or tokenizer ({', '.join(keys[:6])} differ); "
+            "continued training needs the same architecture and tokenizer"
+        )
+    state: dict[str, Any] = {"model": model}
+    if not cfg.resume.reset_optimizer:
+        state["optimizer"] = optimizer
+    if not cfg.resume.reset_data:
+        state["loader"] = loader
+    checkpointer.load(path, state)
+    console.print(
+        f"continuing from {path} (step {meta.get('step')}): weights"
+        + ("" if cfg.resume.reset_optimizer else ", optimizer")
+        + ("" if cfg.resume.reset_data else ", data position")
+        + " loaded; step counter and schedule start at 0"
+    )
+
+
 # ---- stage API -----------------------------------------------------------------------------------
 def pretrain_complete(recipe: Any) -> bool:
     """True when this recipe's pretraining already ran to its end (marker written after the final export)."""
@@ -197,8 +403,12 @@ def pretrain_complete(recipe: Any) -> bool:
     return done.get("recipe_hash") == recipe.fingerprint() and (recipe.stage_dir("pretrain") / "hf").is_dir()
 
 
-def run_pretrain(recipe: Any) -> StageReport:
-    """Train the recipe's model on its token stores; resumes from the newest checkpoint automatically."""
+def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
+    """Train the recipe's model on its token stores; resumes from the newest checkpoint automatically.
+
+    A checkpoint made from another model, tokenizer, store or result-changing setting is refused (see
+    `choose_resume`); `force_new_run` moves the previous run's outputs aside and starts at step 0.
+    """
     from steelforge.models.flops import flops_per_token
     from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
     from steelforge.train.checkpoint import Checkpointer, StopSignal
@@ -216,6 +426,7 @@ def run_pretrain(recipe: Any) -> StageReport:
     tokenizer = load_tokenizer(recipe.tokenizer)
     fingerprint = tokenizer_fingerprint(tokenizer)
     stores = store_dirs(recipe, cfg)
+    check_stores(stores, cfg.verify_store, env)
     model = build_model(recipe, cfg, env)
     use_liger = cfg.speed.liger != "off"  # the fused loss falls back to PyTorch without CUDA/Liger
 
@@ -223,16 +434,20 @@ def run_pretrain(recipe: Any) -> StageReport:
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, total_steps=cfg.max_steps, peak_lr=cfg.optim.lr)
-    loader = build_loader(stores, cfg, env, recipe.seed, grad_accum, fingerprint)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    loader = build_loader(stores, cfg, env, recipe.seed, grad_accum, fingerprint, vocab)
     loss_fn = causal_lm_loss(
         ignore_index=cfg.ignore_index, mode=cfg.speed.loss, chunk_tokens=cfg.speed.loss_chunk_tokens, use_liger=use_liger
     )
     eval_fn = None
     if cfg.val_store is not None and cfg.val_every:
         val_cfg = cfg.model_copy(update={"mixture": None, "phases": None, "stores": [cfg.val_store]})
-        val_loader = build_loader(store_dirs(recipe, val_cfg), val_cfg, env, recipe.seed + 1, 1, fingerprint)
+        val_loader = build_loader(store_dirs(recipe, val_cfg), val_cfg, env, recipe.seed + 1, 1, fingerprint, vocab)
         eval_fn = make_validation(loss_fn, DeviceBatches(val_loader, env.device), cfg.val_batches, cfg, env)
 
+    if force_new_run:
+        force_new_run_outputs(out, env)
+    current = made_from(recipe, cfg, model, fingerprint, store_record(stores), global_batch)
     checkpointer = Checkpointer(
         out / "checkpoints",
         keep_last=cfg.checkpoint.keep_last,
@@ -240,6 +455,21 @@ def run_pretrain(recipe: Any) -> StageReport:
         recipe_yaml=recipe.to_yaml(),
         recipe_hash=recipe.fingerprint(),
     )
+    resume_path, current = choose_resume(checkpointer, recipe, cfg, current, stores, env)
+    checkpointer.made_from = current
+    if resume_path != "none":
+        done_step = int(checkpointer.read_meta(Path(resume_path)).get("step", 0))
+        if done_step >= cfg.max_steps and (out / "hf").is_dir():
+            # A finished run: a resume that trains 0 steps must not rewrite its export.
+            if env.is_main:
+                console.print(f"pretraining already reached step {done_step:,} in {resume_path}; nothing to train")
+                atomic_write_json(out / DONE_FILE, {"recipe_hash": recipe.fingerprint(), "steps": done_step})
+            report = StageReport(stage="pretrain", skipped=True)
+            report.add("already trained to step", done_step)
+            report.outputs["hf"] = out / "hf"
+            return report
+    elif cfg.resume is not None:
+        continue_from(cfg, checkpointer, model, optimizer, loader, current)
     compute_dtype = torch.bfloat16 if cfg.speed.precision == "bf16" else torch.float32
     peak, peak_source = resolve_peak_flops(env.device, compute_dtype, cfg.peak_tflops)
     model_config = getattr(model, "config", None)
@@ -248,7 +478,7 @@ def run_pretrain(recipe: Any) -> StageReport:
         grad_accum=grad_accum,
         clip_grad_norm=cfg.clip_grad_norm,
         max_nonfinite_steps=cfg.max_nonfinite_steps,
-        log_every=cfg.log_every,
+        log_every=1,  # the metrics logger keeps every `cfg.log_every`-th step plus the first one
         checkpoint_every=cfg.checkpoint.every,
         export_steps=list(cfg.checkpoint.export_steps),
         export_final=cfg.checkpoint.export_final,
@@ -257,7 +487,7 @@ def run_pretrain(recipe: Any) -> StageReport:
         tokens_per_step=global_batch * cfg.seq_len,
         flops_per_token=flops_per_token(model_config, cfg.seq_len, training=True) if model_config is not None else 0.0,
         peak_flops=peak,
-        resume=cfg.checkpoint.resume,
+        resume=resume_path,
         device=env.device,
         grad_sync_last_micro_batch=cfg.parallel.grad_sync_last_micro_batch,
     )
@@ -271,8 +501,12 @@ def run_pretrain(recipe: Any) -> StageReport:
         total_steps=cfg.max_steps,
         is_main=env.is_main,
         tensorboard=cfg.tensorboard,
+        log_every=cfg.log_every,
         wandb=cfg.wandb.model_dump() | {"config": {"recipe": recipe.name}} if cfg.wandb is not None else None,
     )
+    if env.is_main:
+        warmup = "torch.compile of every block, then " if cfg.speed.compile else ""
+        console.print(f"training: the first step includes warm-up ({warmup}allocator and kernel set-up)")
     try:
         with StopSignal() as stop:
             trainer = Trainer(
@@ -295,9 +529,7 @@ def run_pretrain(recipe: Any) -> StageReport:
     finally:
         metrics.close()
     if summary["stopped_by"] == "max_steps" and env.is_main:
-        (out / DONE_FILE).write_text(
-            json.dumps({"recipe_hash": recipe.fingerprint(), "steps": summary["steps"]}), encoding="utf-8"
-        )
+        atomic_write_json(out / DONE_FILE, {"recipe_hash": recipe.fingerprint(), "steps": summary["steps"]})
     elif env.is_main:
         console.print(f"stopped by a signal at step {summary['steps']:,}; the checkpoint is saved, rerun to resume")
 
@@ -314,4 +546,9 @@ def run_pretrain(recipe: Any) -> StageReport:
     if (out / "hf").is_dir():
         report.outputs["hf"] = out / "hf"
     report.outputs["metrics"] = out / "metrics.jsonl"
+    if metrics.plot_path.is_file():
+        report.outputs["curves"] = metrics.plot_path
+    tensorboard_dir = out / "tensorboard"
+    if tensorboard_dir.is_dir():
+        report.outputs["tensorboard"] = tensorboard_dir
     return report

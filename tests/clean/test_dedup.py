@@ -23,6 +23,7 @@ from steelforge.clean.ops.dedup_common import (
     duplicates_from_union_find,
     mixed_token_hashes,
     mixed_tokens,
+    ngrams,
     shingle_hashes,
     shingles,
     token_hashes,
@@ -91,11 +92,14 @@ def test_simhash_language_aware_shingles_chinese_by_character() -> None:
     assert sig.signature("   ") is None
 
 
-def test_shingles_off_by_one_reproduced_only_for_data_juicer() -> None:
+def test_ngram_windows_match_data_juicer_and_repeats_count() -> None:
     tokens = ["a", "b", "c"]
-    assert shingles(tokens, 3, dj_off_by_one=True, language_aware=False) == set()
-    assert shingles(tokens, 3, dj_off_by_one=False, language_aware=True) == {b"a b c"}
-    assert shingles(tokens, 5, dj_off_by_one=False, language_aware=True) == {b"a b c"}
+    assert ngrams(tokens, 3, language_aware=False) == [b"a b c"]  # exactly `window` tokens: one shingle
+    assert ngrams(tokens, 4, language_aware=False) == []
+    assert ngrams(tokens, 5, language_aware=True) == [b"a b c"]
+    assert ngrams(["x", "y", "x", "y"], 2, language_aware=False) == [b"x y", b"y x", b"x y"]
+    assert shingles(["x", "y", "x", "y"], 2, language_aware=False) == {b"x y", b"y x"}
+    assert ngrams("abcd", 3, language_aware=False) == [b"abc", b"bcd"]
 
 
 def _jaccard(a: set, b: set) -> float:
@@ -377,3 +381,16 @@ def test_minhash_candidate_values_in_memory_or_mapped_file_decide_alike(
     expected = _minhash_reference(op, ids, vectors)
     assert expected
     assert op.find_duplicates(ids, [op.record(v) for v in vectors]) == expected
+
+
+@pytest.mark.parametrize(
+    ("threshold", "num_perm", "fn_weight", "expected"),
+    [(0.7, 256, 0.5, (25, 10)), (0.8, 256, 0.9, (23, 11)), (0.7, 128, 0.5, (14, 9)), (0.5, 64, 0.9, (21, 3))],
+)
+def test_lsh_band_split_is_datasketchs_optimum(
+    threshold: float, num_perm: int, fn_weight: float, expected: tuple[int, int]
+) -> None:
+    from steelforge.clean.ops.dedup_minhash import lsh_bands
+
+    # Values from datasketch 2.0.0's optimiser (the split Data-Juicer 1.6.1 uses for 0.7/256 is (25, 10)).
+    assert lsh_bands(threshold, num_perm, fn_weight) == expected

@@ -138,3 +138,42 @@ def test_killed_worker_then_resume_gives_the_same_output(
     resumed = run_pipeline(config(glob), tmp_path / "out", num_workers=2)
     assert (resumed.kept, resumed.rejected) == (reference.kept, reference.rejected)
     assert outputs(tmp_path / "out") == outputs(tmp_path / "ref")
+
+
+def test_driver_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
+    """The driver's peak Python memory (tracemalloc) does not grow with the number of documents: 10x more
+    documents stay within +10%, because file tasks read, clean and write them in the workers and return only
+    a summary. 10x more files cost only the per-file bookkeeping (paths, summaries, stats), under 3 KB a file.
+    """
+    import json
+    import tracemalloc
+
+    def corpus(root: Path, files: int, docs: int) -> str:
+        root.mkdir(parents=True)
+        filler = "words that make the document about a kilobyte long " * 20
+        for f in range(files):
+            lines = [json.dumps({"id": f"{f}-{i}", "text": f"document {f} {i} {filler}"}) for i in range(docs)]
+            (root / f"f{f:03d}.jsonl").write_text("\n".join(lines) + "\n")
+        return str(root / "*.jsonl")
+
+    def peak(glob: str, out: Path) -> tuple[int, int]:
+        cfg = CleanConfig(
+            inputs=[{"name": "web", "path": glob, "id_field": "id"}],
+            process=[{"words_num_filter": {"min_num": 5}}, {"text_length_filter": {"min_len": 20}}],
+            batch_size=100,
+        )
+        tracemalloc.start()
+        try:
+            result = run_pipeline(cfg, out, num_workers=2)
+            return tracemalloc.get_traced_memory()[1], result.kept
+        finally:
+            tracemalloc.stop()
+
+    base = corpus(tmp_path / "base", 3, 200)
+    peak(base, tmp_path / "warm")  # operator tables and imports, built once per process
+    base_peak, base_kept = peak(base, tmp_path / "a")
+    more_docs_peak, more_docs_kept = peak(corpus(tmp_path / "docs", 3, 2000), tmp_path / "b")
+    more_files_peak, more_files_kept = peak(corpus(tmp_path / "files", 30, 200), tmp_path / "c")
+    assert (base_kept, more_docs_kept, more_files_kept) == (600, 6000, 6000)
+    assert more_docs_peak <= 1.10 * base_peak, (base_peak, more_docs_peak)  # 10x the documents (~6 MB more text)
+    assert more_files_peak - base_peak <= 27 * 3000, (base_peak, more_files_peak)

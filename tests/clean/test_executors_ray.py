@@ -1,10 +1,12 @@
-"""The Ray executor runs the same operators as Ray Data tasks and writes the same bytes as local execution.
+"""The Ray executor runs one task per input file and writes the same bytes as local execution.
 
-One module, one local Ray instance (start-up is paid once).
+One module, one local Ray instance (`ray.init(num_cpus=2)`, start-up paid once); an attached cluster is
+tested in test_executors_ray_cluster.py. Slow on a 2-core machine: marked `slow`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,24 @@ class NoDigits(Filter):
 
     def explain(self, stats: dict[str, Any]) -> dict[str, Any]:
         return {"stat": "digits", "value": stats["digits"], "max": 0}
+
+
+pytestmark = pytest.mark.slow
+
+
+@register_op("test_ray_kill_once_mapper")
+class KillOnce(Mapper):
+    """Kills the worker process running it the first time it sees `flag` (a file), as a crash would."""
+
+    def __init__(self, flag: str = "", semantics: str = "language_aware") -> None:
+        super().__init__(semantics)  # type: ignore[arg-type]
+        self.flag = flag
+
+    def map_text(self, text: str) -> str:
+        if self.flag and "lazy" in text and os.path.exists(self.flag):
+            os.unlink(self.flag)
+            os._exit(1)
+        return text
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +111,8 @@ def test_ray_executor_matches_local(local_ray: Any, tmp_path: Path) -> None:
     )
     local = run_pipeline(config, tmp_path / "local", num_workers=1)
     on_ray = run_pipeline(config, tmp_path / "ray", num_workers=2, executor="ray")
+    run_pipeline(config, tmp_path / "two", num_workers=2)
+    assert _outputs(tmp_path / "two") == _outputs(tmp_path / "local")
     assert local.kept > 0 and local.rejected > 0
     assert (on_ray.kept, on_ray.rejected, on_ray.errors) == (local.kept, local.rejected, local.errors)
     assert [(o.docs_in, o.docs_out) for o in on_ray.ops] == [(o.docs_in, o.docs_out) for o in local.ops]
@@ -115,3 +137,23 @@ def test_operator_error_on_ray_reaches_the_caller(local_ray: Any, tmp_path: Path
     with pytest.raises(OperatorError, match="test_ray_failing_mapper' failed on document '0-0'"):
         run_pipeline(config, tmp_path / "out", num_workers=2, executor="ray")
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_killed_ray_worker_loses_and_duplicates_nothing(local_ray: Any, tmp_path: Path) -> None:
+    glob = _corpus(tmp_path / "in")
+    flag = tmp_path / "kill-flag"
+    flag.touch()
+    process = [
+        {"test_ray_kill_once_mapper": {"flag": str(flag)}},
+        {"test_ray_no_digits_filter": {}},
+        {"document_simhash_deduplicator": {}},
+    ]
+    config = CleanConfig(
+        inputs=[{"name": "mix", "path": glob, "id_field": "id"}], process=process, batch_size=8
+    )
+    on_ray = run_pipeline(config, tmp_path / "ray", num_workers=2, executor="ray")
+    assert not flag.exists(), "a worker was killed mid-run"
+    local = run_pipeline(config, tmp_path / "local", num_workers=1)  # flag gone: nothing killed here
+    assert (on_ray.kept, on_ray.rejected, on_ray.errors) == (local.kept, local.rejected, local.errors)
+    assert on_ray.kept + on_ray.rejected == 60
+    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local")

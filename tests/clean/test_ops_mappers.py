@@ -108,8 +108,54 @@ def _mojibake_alphabet() -> list[str]:
     return sorted(set(BADNESS_RE.pattern) - set("[]{}|\\#") | set("abcAZ .,?!\n\t中文，。“”"))
 
 
+def _derived_badness_hints() -> tuple[set[str], int]:
+    """Anchor characters and longest match of ftfy's `BADNESS_RE`, derived from its parse tree (CPython's
+    private `re._parser`, used here only to check the constants vendored in `mappers_normalize`)."""
+    from re import _constants as sre
+    from re import _parser
+
+    from ftfy.badness import BADNESS_RE
+
+    def required(item: tuple) -> set[str] | None:
+        op, arg = item
+        if op == sre.LITERAL:
+            return {chr(arg)}
+        if op != sre.IN:
+            return None
+        chars: set[str] = set()
+        for kind, value in arg:
+            if kind == sre.LITERAL:
+                chars.add(chr(value))
+            elif kind == sre.RANGE:
+                chars.update(map(chr, range(value[0], value[1] + 1)))
+            else:
+                return None
+        return chars
+
+    parsed = _parser.parse(BADNESS_RE.pattern, BADNESS_RE.flags)
+    assert len(parsed.data) == 1 and parsed.data[0][0] == sre.BRANCH
+    allowed = {sre.ANY, sre.BRANCH, sre.MAX_REPEAT, sre.IN, sre.LITERAL, sre.AT, sre.CATEGORY}
+    anchors: set[str] = set()
+    for branch in parsed.data[0][1][1]:
+        candidates = []
+        for item in branch.data:
+            assert item[0] in allowed and (item[0] != sre.AT or item[1] == sre.AT_BEGINNING)
+            chars = required(item)
+            if chars and all(ord(c) > 0x7F for c in chars):
+                candidates.append(chars)
+        assert candidates
+        anchors |= min(candidates, key=len)
+    return anchors, parsed.getwidth()[1]
+
+
 def test_badness_hints_apply_to_installed_ftfy() -> None:
-    assert _badness_hints() is not None  # otherwise is_bad_fast silently falls back to the slow search
+    hints = _badness_hints()
+    assert hints is not None  # otherwise is_bad_fast silently falls back to the slow search
+    anchor, width = hints
+    anchors, derived_width = _derived_badness_hints()
+    assert width == derived_width
+    every = "".join(map(chr, range(0x80, 0x10000)))
+    assert set(anchor.findall(every)) == anchors
 
 
 @settings(max_examples=400, deadline=None)
@@ -274,6 +320,9 @@ def test_remove_specific_chars() -> None:
 def test_chinese_convert() -> None:
     assert dj("chinese_convert_mapper", mode="t2s").map_text("漢語劄子") == "汉语劄子"  # OpenCC 1.1.9's table
     assert la("chinese_convert_mapper", mode="t2s").map_text("漢語") == "汉语"
+    # OpenCC 1.1.9 (pinned, as Data-Juicer pins it): phrase entries added later (沈重→沉重, 英哩→英里) and the
+    # newer dictionary's wrong 打坏了→打坯了 do not apply.
+    assert dj("chinese_convert_mapper", mode="t2s").map_text("沈重 英哩 打壞了 搧風") == "沈重 英哩 打坏了 搧风"
     japanese = "東京の天気は晴れです。"
     assert dj("chinese_convert_mapper", mode="t2s").map_text(japanese) != japanese
     assert la("chinese_convert_mapper", mode="t2s").map_text(japanese) == japanese

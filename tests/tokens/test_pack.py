@@ -282,3 +282,28 @@ def test_stores_without_a_bos_entry_still_open(tiny_tokenizer_dir: Path, tmp_pat
     path.write_text(json.dumps(raw))
     manifest = TokenStore(tmp_path / "s").manifest
     assert manifest.bos_token is None and manifest.bos_id is None
+
+
+def test_pack_marker_names_what_changed_settings_and_tokenizer(
+    tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store records what it was made from; a changed setting or tokenizer is named, then packed again."""
+    import shutil
+
+    recipe = _recipe(tmp_path, tiny_tokenizer_dir)
+    run_pack(recipe)
+    assert pack_complete(recipe)
+    smaller = recipe.model_copy(update={"pack": recipe.pack.model_copy(update={"shard_tokens": 16})})
+    assert not pack_complete(smaller)
+    assert "pack.shard_tokens (32 -> 16)" in " ".join(capsys.readouterr().err.split())
+    # same folder name, other content (an added token): the tokenizer fingerprint differs
+    other = tmp_path / "tok2"
+    shutil.copytree(tiny_tokenizer_dir, other)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["zzz-new-token"])
+    tok.save_pretrained(other)
+    moved = recipe.model_copy(update={"tokenizer": str(other)})
+    assert not pack_complete(moved)
+    assert "tokenizer.fingerprint" in " ".join(capsys.readouterr().err.split())

@@ -145,3 +145,14 @@ def test_every_store_command_has_help_with_examples() -> None:
     for command in ("info", "verify", "append", "inspect"):
         result = CliRunner().invoke(store_app, [command, "--help"])
         assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_append_refuses_the_same_documents_packed_with_another_shard_size(tmp_path: Path) -> None:
+    """Per-shard md5s differ when the shard size differs; the documents' own hashes do not."""
+    main = _store(tmp_path / "main", seed=0, shard_tokens=50)
+    repacked = _store(tmp_path / "repacked", seed=0, shard_tokens=80)
+    assert {s.md5 for s in TokenStore(main).shards}.isdisjoint(s.md5 for s in TokenStore(repacked).shards)
+    with pytest.raises(DataError, match=r"documents being appended are already in .*another shard size"):
+        append_shards(main, [repacked])
+    assert len(TokenStore(main).shards) == len(TokenStore(_store(tmp_path / "fresh", seed=0)).shards)
+    append_shards(main, [_store(tmp_path / "new", seed=7, shard_tokens=80)])  # new documents still append

@@ -33,7 +33,7 @@ def _store(path: Path, fingerprint: str, n_docs: int, seed: int) -> Path:
     return path
 
 
-def _recipe(tmp_path: Path, fingerprint: str, max_steps: int):
+def _recipe(tmp_path: Path, fingerprint: str, max_steps: int, schedule_steps: int | None = None):
     train = _store(tmp_path / "train", fingerprint, 120, 0) if not (tmp_path / "train").exists() else tmp_path / "train"
     val = _store(tmp_path / "val", fingerprint, 20, 1) if not (tmp_path / "val").exists() else tmp_path / "val"
     return recipe_from_dict({
@@ -44,6 +44,7 @@ def _recipe(tmp_path: Path, fingerprint: str, max_steps: int):
             "max_steps": max_steps, "seq_len": 32, "micro_batch_size": 2, "global_batch_size": 4,
             "stores": [str(train)], "val_store": str(val), "val_every": 2, "val_batches": 1,
             "optim": {"lr": 3e-3}, "checkpoint": {"every": 2}, "tensorboard": False,
+            "schedule": {"total_steps": schedule_steps},
         },
     })
 
@@ -66,7 +67,8 @@ def test_pretrain_stage_writes_outputs_and_resumes(tmp_path: Path, fingerprint: 
     assert any("val_ppl" in r for r in records)
     assert dict(report.rows)["grad accumulation"] == 2
 
-    longer = _recipe(tmp_path, fingerprint, 3)  # another recipe hash: not complete, resumes at step 2
+    # another recipe hash: not complete, resumes at step 2 (the cosine keeps its length: an explicit total_steps)
+    longer = _recipe(tmp_path, fingerprint, 3, schedule_steps=2)
     assert not pretrain_complete(longer)
     report = run_pretrain(longer)
     assert dict(report.rows)["resumed from"].endswith("step_000000002")

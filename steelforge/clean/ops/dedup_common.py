@@ -14,6 +14,8 @@ from functools import cache
 import numpy as np
 import regex
 
+from steelforge.clean.ops._text import NGRAM_POLY, ngram_hashes
+
 # One token per CJK character (Han, kana, Hangul); everything else splits on whitespace.
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
 _MIXED_TOKENS = regex.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
@@ -82,26 +84,29 @@ def aware_shingle_hashes(text: str, tokenization: str, window: int) -> np.ndarra
     return shingle_hashes(tokens_for(text, tokenization, True), window)
 
 
-def shingles(
-    tokens: list[str] | str, window: int, *, dj_off_by_one: bool, language_aware: bool
-) -> set[bytes]:
-    """Distinct n-gram shingles as UTF-8 bytes.
+def ngrams(tokens: list[str] | str, window: int, *, language_aware: bool) -> list[bytes]:
+    """Every n-gram of `tokens` in order, repeats included, as UTF-8 bytes (words joined by a space).
 
-    `dj_off_by_one` reproduces Data-Juicer's SimHash loop `range(len(tokens) - window)`, which drops the
-    last n-gram (a document of exactly `window` tokens gets none). Language-aware mode shortens the
-    window to the document's length, so only a document without any token has no shingles.
+    The windows start at 0 .. len(tokens) - window, as in Data-Juicer 1.6.1's SimHash and MinHash loops
+    (`range(len(tokens) - window_size + 1)`): a document of exactly `window` tokens has one n-gram, one
+    with fewer has none. Language-aware mode shortens the window to the document's length, so only a
+    document without any token has none.
     """
     n = len(tokens)
     if language_aware:
         window = min(window, n)
         if window == 0:
-            return set()
-    stop = n - window if dj_off_by_one else n - window + 1
+            return []
     joiner = "" if isinstance(tokens, str) else " "
-    return {joiner.join(tokens[i : i + window]).encode("utf-8") for i in range(max(stop, 0))}
+    return [joiner.join(tokens[i : i + window]).encode("utf-8") for i in range(max(n - window + 1, 0))]
 
 
-_POLY = np.uint64(0x100000001B3)  # odd multiplier of the rolling n-gram combination (FNV prime)
+def shingles(tokens: list[str] | str, window: int, *, language_aware: bool) -> set[bytes]:
+    """Distinct n-gram shingles (`ngrams` as a set: MinHash signs a set, repeats do not count)."""
+    return set(ngrams(tokens, window, language_aware=language_aware))
+
+
+_POLY = np.uint64(NGRAM_POLY)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -153,17 +158,7 @@ def gram_hashes(ids: np.ndarray, window: int) -> np.ndarray:
     window = min(window, n)
     if window == 0:
         return np.empty(0, dtype=np.uint64)
-    count = n - window + 1
-    grams = ids[:count].copy()
-    for k in range(1, window):
-        grams += ids[k : k + count] * _power(k)
-    return _distinct(_mix64(grams))
-
-
-@cache
-def _power(k: int) -> np.uint64:
-    """`_POLY ** k` modulo 2**64 (the weight of the k-th token of an n-gram)."""
-    return np.uint64(pow(int(_POLY), k, 1 << 64))
+    return _distinct(_mix64(ngram_hashes(ids, window)))
 
 
 @cache

@@ -4,7 +4,7 @@
 string, then `num_permutations` universal hashes `(a*h + b) mod 2^61-1` truncated to 32 bits.
 `language_aware` signatures are numpy-vectorised end to end, ~3x faster on CJK text: 64-bit n-gram
 hashes from `dedup_common.shingle_hashes`, then multiply-add-shift hashing `(a*h + b) >> 32` (no
-modulo). The LSH band/row split is datasketch's `_optimal_param` unless `num_bands` and
+modulo). The LSH band/row split is datasketch's optimum (`lsh_bands`) unless `num_bands` and
 `num_rows_per_band` are given.
 Documents sharing any band bucket are candidates; clusters are connected components resolved by
 input position (the first document is kept).
@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
@@ -61,6 +62,17 @@ class MinhashSignature(NamedTuple):
 SignatureChunks = Callable[[], Iterable[Sequence[MinhashSignature | None]]]
 
 
+@cache
+def lsh_bands(threshold: float, num_perm: int, fn_weight: float) -> tuple[int, int]:
+    """(bands, rows per band) minimising the weighted false positive + false negative areas of the LSH
+    S-curve, as datasketch's public `MinHashLSH(threshold, num_perm, weights=(fp, fn))` chooses them (its
+    `b`, `r`); Data-Juicer 1.6.1 uses the same optimum with weights (0.5, 0.5)."""
+    from datasketch import MinHashLSH  # datasketch imports scipy: only when it is needed
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(1 - fn_weight, fn_weight))
+    return lsh.b, lsh.r
+
+
 @register_op("document_minhash_deduplicator")
 class DocumentMinhashDeduplicator(Deduplicator):
     """MinHash-LSH near-duplicate removal with Data-Juicer's parameters."""
@@ -90,11 +102,8 @@ class DocumentMinhashDeduplicator(Deduplicator):
         self.num_permutations = num_permutations
         self.jaccard_threshold = jaccard_threshold
         if num_bands is None or num_rows_per_band is None:
-            from datasketch.lsh import _optimal_param  # datasketch imports scipy: only when it is needed
-
-            fn_weight = 0.9 if self.language_aware else 0.5
-            num_bands, num_rows_per_band = _optimal_param(
-                jaccard_threshold, num_permutations, 1 - fn_weight, fn_weight
+            num_bands, num_rows_per_band = lsh_bands(
+                jaccard_threshold, num_permutations, fn_weight=0.9 if self.language_aware else 0.5
             )
         if num_bands * num_rows_per_band > num_permutations:
             raise ValueError(
@@ -125,7 +134,7 @@ class DocumentMinhashDeduplicator(Deduplicator):
     def shingle_set(self, text: str) -> set[bytes]:
         """The document's shingles as strings (the sets a Jaccard similarity is defined over)."""
         return shingles(
-            self._tokens(text), self.window_size, dj_off_by_one=False, language_aware=self.language_aware
+            self._tokens(text), self.window_size, language_aware=self.language_aware
         )
 
     def minhash(self, text: str) -> np.ndarray | None:

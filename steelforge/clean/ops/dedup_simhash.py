@@ -1,12 +1,14 @@
 """`document_simhash_deduplicator`: near duplicates by 64-bit SimHash and Hamming distance.
 
-Signatures follow Data-Juicer 1.6.1 (which uses the `simhash` package): shingles of `window_size`
-tokens, each hashed to the first 8 bytes of its MD5 (big-endian), then a per-bit majority vote.
+Signatures follow Data-Juicer 1.6.1, which calls the `simhash-pybind` package: every window of
+`window_size` tokens at positions 0 .. n - window_size (repeated shingles counted each time), each
+hashed to the first 8 bytes of its MD5 (big-endian, `simhash.unsigned_hash`), then a per-bit vote
+(bit set when strictly more hashes have it set than not, `simhash.compute`).
 Matches are pairs within `hamming_distance` bits, found by exact agreement on one of `num_blocks`
 bit blocks (pigeonhole: `num_blocks > hamming_distance` guarantees no match is missed); clusters
 are connected components and the first document in input order is kept.
 
-`data_juicer` semantics keeps its quirk: a document with at most `window_size` tokens gets no
+`data_juicer` semantics keeps its quirk: a document with fewer than `window_size` tokens gets no
 shingle, simhash 0, and all such documents collapse into one cluster. `language_aware` shingles
 CJK text by character, shortens the window for short documents, never marks a document without
 shingles as a duplicate, and hashes n-grams with numpy (`dedup_common.shingle_hashes`) instead of
@@ -26,7 +28,7 @@ from steelforge.clean.ops.base import Deduplicator, Semantics, register_op
 from steelforge.clean.ops.dedup_common import (
     aware_shingle_hashes,
     duplicates_from_union_find,
-    shingles,
+    ngrams,
     tokens_for,
     union_equal_keys,
     warm_token_tables,
@@ -110,7 +112,7 @@ class DocumentSimhashDeduplicator(Deduplicator):
             hashes = aware_shingle_hashes(text, self.tokenization, self.window_size)
             return simhash(hashes) if len(hashes) else None
         tokens = tokens_for(text, self.tokenization, language_aware=False)
-        grams = shingles(tokens, self.window_size, dj_off_by_one=True, language_aware=False)
+        grams = ngrams(tokens, self.window_size, language_aware=False)
         return simhash([shingle_hash(g) for g in grams])
 
     def _blocks(self) -> list[tuple[int, int]]:

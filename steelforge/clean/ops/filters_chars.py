@@ -11,7 +11,7 @@ import regex
 
 from steelforge.clean.ops._bounded import BoundedFilter
 from steelforge.clean.ops._dj_tables import DJ_EMOJI_RANGES, DJ_SPECIAL_RANGES, char_class
-from steelforge.clean.ops._text import HAN_CLASS, char_table, count_matches
+from steelforge.clean.ops._text import HAN_CLASS, char_table, count_matches, ngram_hashes
 from steelforge.clean.ops.base import Semantics, register_op
 
 _ALNUM = re.compile(r"[^\W_]+")  # exactly str.isalnum(): CPython's \w is isalnum() plus "_"
@@ -105,9 +105,6 @@ class SpecialCharactersFilter(BoundedFilter):
         return count_matches(_AWARE_SPECIAL, text) / len(text) if text else 0.0  # type: ignore[arg-type]
 
 
-_HASH_BASE = np.uint64(0x100000001B3)
-
-
 def char_ngram_repetition(text: str, n: int) -> float:
     """Share of character n-gram occurrences taken by the most frequent repeated n-grams.
 
@@ -119,11 +116,8 @@ def char_ngram_repetition(text: str, n: int) -> float:
     count = len(text) - n + 1
     if count <= 0:
         return 0.0
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    hashes = np.zeros(count, dtype=np.uint64)
-    for k in range(n):
-        hashes *= _HASH_BASE
-        hashes += codes[k : k + count]
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    hashes = ngram_hashes(codes, n)
     freq = np.unique(hashes, return_counts=True)[1]
     repeated = freq[freq > 1]
     top = min(math.isqrt(len(freq)), len(repeated))

@@ -1,14 +1,28 @@
-"""Length filters: whole text, average line, longest line (all measured in characters)."""
+"""Length filters: whole text, average line, longest line (characters, or English-equivalent characters)."""
 
 from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 
 from steelforge.clean.ops._bounded import BoundedFilter
+from steelforge.clean.ops._text import english_equivalent_length
 from steelforge.clean.ops.base import Semantics, register_op
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+LINE_UNITS = ("characters", "english_chars")
+
+
+def _line_measure(unit: str, semantics: str) -> Callable[[str], float]:
+    """How `language_aware` measures one line: code points, or English-equivalent characters."""
+    if unit not in LINE_UNITS:
+        raise ValueError(f"unit must be one of {', '.join(LINE_UNITS)}, not {unit!r}")
+    # `data_juicer` counts characters whatever `unit` says (Data-Juicer has no such parameter), so one recipe
+    # runs in both semantics and `steelforge data compare` shows what the unit changes.
+    return english_equivalent_length if unit == "english_chars" and semantics == "language_aware" else len
 
 
 def _lines_aware(text: str) -> list[str]:
@@ -45,16 +59,22 @@ class AverageLineLengthFilter(BoundedFilter):
     """Keep documents whose average line length lies in [min_len, max_len].
 
     `data_juicer`: `len(text) / len(text.splitlines())`, so newline characters count towards the lines and
-    `splitlines` also breaks at form feeds, U+2028 and friends. `language_aware`: the characters of the
-    lines themselves (newlines not counted) divided by the number of `\\n`/`\\r\\n` lines.
+    `splitlines` also breaks at form feeds, U+2028 and friends. `language_aware`: the length of the lines
+    themselves (newlines not counted) divided by the number of `\\n`/`\\r\\n` lines, in `unit`:
+    `characters` (code points) or `english_chars` (`english_equivalent_length`, see docs/clean.md).
     """
 
     stat_key = "avg_line_length"
 
     def __init__(
-        self, min_len: int = 10, max_len: int = sys.maxsize, semantics: Semantics = "language_aware"
+        self,
+        min_len: int = 10,
+        max_len: int = sys.maxsize,
+        unit: str = "characters",
+        semantics: Semantics = "language_aware",
     ) -> None:
         super().__init__(min_len, max_len, semantics)
+        self._measure = _line_measure(unit, semantics)
 
     def measure_dj(self, text: str) -> float:
         n = len(text.splitlines())
@@ -62,7 +82,7 @@ class AverageLineLengthFilter(BoundedFilter):
 
     def measure_aware(self, text: str) -> float:
         lines = _lines_aware(text)
-        return sum(map(len, lines)) / len(lines) if lines else 0.0
+        return sum(map(self._measure, lines)) / len(lines) if lines else 0.0
 
 
 @register_op("maximum_line_length_filter")
@@ -71,18 +91,23 @@ class MaximumLineLengthFilter(BoundedFilter):
 
     Data-Juicer's default `min_len: 10` also drops documents made only of short lines even when a recipe
     sets just `max_len`; it is a default of the parameter and applies in both semantics. `language_aware`
-    splits lines on `\\n`/`\\r\\n` only.
+    splits lines on `\\n`/`\\r\\n` only and measures them in `unit` (as `average_line_length_filter`).
     """
 
     stat_key = "max_line_length"
 
     def __init__(
-        self, min_len: int = 10, max_len: int = sys.maxsize, semantics: Semantics = "language_aware"
+        self,
+        min_len: int = 10,
+        max_len: int = sys.maxsize,
+        unit: str = "characters",
+        semantics: Semantics = "language_aware",
     ) -> None:
         super().__init__(min_len, max_len, semantics)
+        self._measure = _line_measure(unit, semantics)
 
     def measure_dj(self, text: str) -> float:
         return max(map(len, text.splitlines()), default=0)
 
     def measure_aware(self, text: str) -> float:
-        return max(map(len, _lines_aware(text)), default=0)
+        return max(map(self._measure, _lines_aware(text)), default=0)

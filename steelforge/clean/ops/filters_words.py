@@ -13,7 +13,7 @@ import regex
 
 from steelforge.clean.ops._bounded import BoundedFilter
 from steelforge.clean.ops._dj_tables import DJ_EMOJI_RANGES, DJ_SPECIAL_RANGES, char_class
-from steelforge.clean.ops._text import HAN_CLASS, jieba_tokens
+from steelforge.clean.ops._text import HAN_CLASS, jieba_tokens, ngram_hashes
 from steelforge.clean.ops.base import Semantics, register_op
 
 _DJ_SPECIAL_CLASS = char_class(DJ_SPECIAL_RANGES, DJ_EMOJI_RANGES)
@@ -120,9 +120,7 @@ def word_ngram_repetition(words: list[str], n: int) -> float:
     if count < _SMALL:
         return _repetition_of(words, range(count), n, count)
     ids = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
-    grams = ids[:count].copy()
-    for k in range(1, n):
-        grams += ids[k : k + count] * _power(k)
+    grams = ngram_hashes(ids, n)
     ordered = np.sort(grams)
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]  # sorted, each repeated hash at least once
     if not len(repeated):
@@ -138,11 +136,6 @@ def _repetition_of(words: list[str], starts: Iterable[int], n: int, count: int) 
     """The repetition ratio counting only the n-grams starting at `starts` (every repeated one among them)."""
     freq = Counter([tuple(words[i : i + n]) for i in starts])
     return sum(f for f in freq.values() if f > 1) / count
-
-
-@lru_cache(maxsize=64)
-def _power(k: int) -> np.uint64:
-    return np.uint64(pow(0x100000001B3, k, 1 << 64))
 
 
 def _word_ngram_repetition_reference(words: list[str], n: int) -> float:

@@ -7,10 +7,7 @@ import threading
 from functools import cache
 from typing import Any
 
-import numpy as np
-
 from steelforge.clean.ops._dj_tables import DJ_PUNCTUATION_MAP, DJ_WHITESPACE_RANGES
-from steelforge.clean.ops._opencc_legacy import legacy_t2s_config
 from steelforge.clean.ops._text import (
     HAN_CLASS,
     KANA_CLASS,
@@ -136,16 +133,45 @@ _LOCAL_FIXERS = (
 )
 
 
+_SENTINEL = "\U0010fffd"  # a private-use code point none of ftfy's fixers reads or writes
+
+
+@cache
+def _code_point_blocks() -> list[tuple[list[int], str]]:
+    """Every code point but surrogates (they pair up, see `_BLOCKERS`), in blocks of 4096 joined by `_SENTINEL`."""
+    points = [cp for cp in range(0x110000) if not 0xD800 <= cp < 0xE000 and chr(cp) != _SENTINEL]
+    blocks = [points[i : i + 4096] for i in range(0, len(points), 4096)]
+    return [(block, _SENTINEL.join(map(chr, block))) for block in blocks]
+
+
+@cache
+def _single_char_effects(name: str) -> dict[int, str]:
+    """What ftfy's public fixer `ftfy.fixes.<name>` makes of each code point alone, for those it changes.
+
+    The code points go through the fixer a block at a time, separated by `_SENTINEL`; only blocks the fixer
+    changes are split back (a fixer whose output does not split into one piece per code point is not
+    character-local and raises). Replaces reading ftfy's tables (`ftfy.chardata`) directly.
+    """
+    import ftfy.fixes
+
+    fixer = getattr(ftfy.fixes, name)
+    effects: dict[int, str] = {}
+    for points, text in _code_point_blocks():
+        out = fixer(text)
+        if out == text:
+            continue
+        pieces = out.split(_SENTINEL)
+        if len(pieces) != len(points):
+            raise RuntimeError(f"ftfy.fixes.{name} is not character-local; cannot tabulate it")
+        effects.update((cp, piece) for cp, piece in zip(points, pieces, strict=True) if piece != chr(cp))
+    return effects
+
+
 @cache
 def _sparse_translators() -> dict[str, Any]:
     """ftfy's `str.translate` fixers as sparse regex substitutions (same result, faster on CJK text)."""
-    from ftfy.chardata import CONTROL_CHARS, LIGATURES, WIDTH_MAP
-
-    return {
-        "fix_latin_ligatures": sparse_translator(LIGATURES),
-        "fix_character_width": sparse_translator(WIDTH_MAP),
-        "remove_control_chars": sparse_translator(CONTROL_CHARS),
-    }
+    names = ("fix_latin_ligatures", "fix_character_width", "remove_control_chars")
+    return {name: sparse_translator(_single_char_effects(name)) for name in names}
 
 
 # Where ftfy's steps stop acting one character at a time: "&" starts an HTML entity, "\r" pairs with a following
@@ -155,19 +181,11 @@ _BLOCKER_SET = frozenset(_BLOCKERS)
 
 
 def _changeable_chars() -> set[int]:
-    """Every code point one of ftfy's character-local steps can change (from ftfy's own tables and classes)."""
-    from ftfy.chardata import (
-        C1_CONTROL_RE,
-        CONTROL_CHARS,
-        DOUBLE_QUOTE_RE,
-        LIGATURES,
-        SINGLE_QUOTE_RE,
-        WIDTH_MAP,
-    )
-
-    chars = set(LIGATURES) | set(WIDTH_MAP) | set(CONTROL_CHARS) | {0x2028, 0x2029, 0x85}
-    for pattern in (C1_CONTROL_RE, SINGLE_QUOTE_RE, DOUBLE_QUOTE_RE):
-        chars.update(int(cp) for cp in np.flatnonzero(char_table(pattern)))
+    """Every code point one of ftfy's character-local steps changes when it stands alone."""
+    chars: set[int] = set()
+    for name in _LOCAL_FIXERS:
+        if name not in ("fix_surrogates", "remove_terminal_escapes"):  # act on pairs/sequences: blockers
+            chars.update(_single_char_effects(name))
     return chars
 
 
@@ -181,9 +199,9 @@ def _fused_steps(names: tuple[str, ...]) -> tuple[re.Pattern[str], Any]:
     The map is built by running ftfy's real steps on each character they can change; a character whose
     steps produce a blocker joins the blockers.
     """
-    import ftfy
+    import ftfy.fixes
 
-    steps = [ftfy.FIXERS[name] for name in names]
+    steps = [getattr(ftfy.fixes, name) for name in names]
     blockers = set(map(ord, _BLOCKERS))
     table: dict[int, str] = {}
     for cp in sorted(_changeable_chars() - blockers):
@@ -203,12 +221,12 @@ def _fused_steps(names: tuple[str, ...]) -> tuple[re.Pattern[str], Any]:
 def _round_plan(config: Any) -> tuple[list[Any], re.Pattern[str], Any]:
     """For one ftfy config: its steps in order (fast versions where there are), and the fused map's
     blocker class and map (`_fused_steps`). Built once per config, not per document."""
-    import ftfy
+    import ftfy.fixes
 
     fast = _sparse_translators()
     local = tuple(name for name in _LOCAL_FIXERS if getattr(config, name))
     names = ("unescape_html", *local) if config.unescape_html else local
-    return [fast.get(name) or ftfy.FIXERS[name] for name in names], *_fused_steps(local)
+    return [fast.get(name) or getattr(ftfy.fixes, name) for name in names], *_fused_steps(local)
 
 
 def _fix_whole(text: str, config: Any) -> str | None:
@@ -219,14 +237,12 @@ def _fix_whole(text: str, config: Any) -> str | None:
     """
     import unicodedata
 
-    from ftfy.chardata import possible_encoding
-
     if (config.unescape_html == "auto" and "<" in text) or len(text) > config.max_decode_length:
         return None
     steps, blockers, fused = _round_plan(config)
     while True:
         original = text
-        if config.fix_encoding and not possible_encoding(text, "ascii") and is_bad_fast(text):
+        if config.fix_encoding and not text.isascii() and is_bad_fast(text):
             return None
         if blockers.search(text) is None:
             text = fused(text)
@@ -239,63 +255,49 @@ def _fix_whole(text: str, config: Any) -> str | None:
             return text
 
 
-def _required_chars(item: tuple[Any, Any]) -> set[str] | None:
-    """The characters one regex item (a literal or a plain character class) can match, else None."""
-    from re import _constants as sre
-
-    op, arg = item
-    if op == sre.LITERAL:
-        return {chr(arg)}
-    if op != sre.IN:
-        return None
-    chars: set[str] = set()
-    for kind, value in arg:
-        if kind == sre.LITERAL:
-            chars.add(chr(value))
-        elif kind == sre.RANGE:
-            chars.update(map(chr, range(value[0], value[1] + 1)))
-        else:  # negated class or category: anything may match
-            return None
-    return chars
+# ftfy 6.3.1's `BADNESS_RE` (identified by the SHA-256 of its pattern): the characters one of which every match
+# contains (for each alternative, its rarest required non-ASCII position) and its longest match. Derived from the
+# regex's parse tree and re-checked against the installed ftfy by tests/clean/test_ops_mappers.py; another ftfy
+# (another pattern) makes `is_bad_fast` fall back to the plain search.
+_BADNESS_SHA256 = "9dcc0f2ac90d9ae3c85eb7b9b2c0b8a8e8126153847c2b30c91a0bb263f3b8c4"
+_BADNESS_WIDTH = 7
+_BADNESS_ANCHOR_RANGES = (
+    (0x0080, 0x009F), (0x00A1, 0x00AC), (0x00AE, 0x00B3), (0x00B5, 0x00B6), (0x00B8, 0x00DD), (0x00DF,
+    0x00FC), (0x0100, 0x0107), (0x010C, 0x0113), (0x0116, 0x011B), (0x011E, 0x011F), (0x0122, 0x0123),
+    (0x012A, 0x012B), (0x012F, 0x0130), (0x0136, 0x0137), (0x0139, 0x013E), (0x0141, 0x0143), (0x0145,
+    0x0145), (0x0147, 0x0147), (0x014C, 0x014C), (0x0150, 0x0150), (0x0152, 0x0153), (0x0155, 0x0155),
+    (0x0158, 0x0158), (0x015A, 0x015B), (0x015E, 0x0162), (0x0164, 0x0165), (0x016A, 0x016A), (0x016E,
+    0x016E), (0x0170, 0x0170), (0x0172, 0x0172), (0x0178, 0x017E), (0x0192, 0x0192), (0x02C6, 0x02C7),
+    (0x02D8, 0x02D8), (0x02DB, 0x02DD), (0x0384, 0x0385), (0x0392, 0x0393), (0x039E, 0x039F), (0x03B2,
+    0x03B2), (0x0412, 0x0413), (0x0420, 0x0421), (0x0432, 0x0432), (0x0490, 0x0491), (0x2018, 0x2018),
+    (0x201A, 0x201A), (0x201C, 0x201E), (0x2020, 0x2022), (0x2030, 0x2030), (0x2039, 0x203A), (0x2044,
+    0x2044), (0x20A7, 0x20A7), (0x20AC, 0x20AC), (0x2116, 0x2116), (0x2122, 0x2122), (0x2202, 0x2202),
+    (0x2206, 0x2206), (0x220F, 0x220F), (0x2211, 0x2211), (0x221A, 0x221A), (0x221E, 0x221E), (0x2229,
+    0x2229), (0x222B, 0x222B), (0x2248, 0x2248), (0x2260, 0x2261), (0x2264, 0x2265), (0x2310, 0x2310),
+    (0x2502, 0x2502), (0x250C, 0x250C), (0x2510, 0x2510), (0x2518, 0x2518), (0x251C, 0x251C), (0x2524,
+    0x2524), (0x252C, 0x252C), (0x253C, 0x253C), (0x2550, 0x256C), (0x2580, 0x2580), (0x2584, 0x2584),
+    (0x2588, 0x2588), (0x258C, 0x258C), (0x2590, 0x2593), (0x25CA, 0x25CA), (0xF8FF, 0xF8FF), (0xFB01,
+    0xFB02), (0xFFFD, 0xFFFD),
+)
 
 
 @cache
 def _badness_hints() -> tuple[re.Pattern[str], int] | None:
-    """(class of "anchor" characters, longest match) of ftfy's mojibake regex, or None if it has no such form.
+    """(class of anchor characters, longest match) of ftfy's mojibake regex, or None for an unknown regex.
 
-    Every alternative of `BADNESS_RE` needs at least one non-ASCII character from a small set (one
-    position per alternative, the rarest is chosen), and no match is longer than a few characters. So
-    a match can only lie within that distance of an anchor character: text without anchors is never
-    bad, and elsewhere only short windows around the anchors need the full regex. Checked from the
-    regex itself, so another ftfy version falls back to the plain search.
+    Every alternative of `BADNESS_RE` needs at least one character from a small set, and no match is
+    longer than a few characters. So a match can only lie within that distance of an anchor character:
+    text without anchors is never bad, and elsewhere only short windows around the anchors need the full
+    regex.
     """
-    from re import _constants as sre
-    from re import _parser
+    import hashlib
 
     from ftfy.badness import BADNESS_RE
 
-    if BADNESS_RE.flags & (re.IGNORECASE | re.MULTILINE):
+    if hashlib.sha256(BADNESS_RE.pattern.encode("utf-8")).hexdigest() != _BADNESS_SHA256:
         return None
-    parsed = _parser.parse(BADNESS_RE.pattern, BADNESS_RE.flags)
-    if len(parsed.data) != 1 or parsed.data[0][0] != sre.BRANCH:
-        return None
-    anchors: set[str] = set()
-    allowed = {sre.ANY, sre.BRANCH, sre.MAX_REPEAT, sre.IN, sre.LITERAL, sre.AT, sre.CATEGORY}
-    for branch in parsed.data[0][1][1]:
-        candidates = []
-        for item in branch.data:
-            if item[0] not in allowed or (item[0] == sre.AT and item[1] != sre.AT_BEGINNING):
-                return None  # lookarounds, groups, other anchors: the window argument would not hold
-            chars = _required_chars(item)
-            if chars and all(ord(c) > 0x7F for c in chars):
-                candidates.append(chars)
-        if not candidates:
-            return None
-        anchors |= min(candidates, key=len)
-    width = parsed.getwidth()[1]
-    if width > 64:
-        return None
-    return re.compile("[" + "".join(re.escape(c) for c in sorted(anchors)) + "]"), width
+    ranges = "".join(f"\\U{lo:08X}-\\U{hi:08X}" for lo, hi in _BADNESS_ANCHOR_RANGES)
+    return re.compile(f"[{ranges}]"), _BADNESS_WIDTH
 
 
 @cache
@@ -422,27 +424,26 @@ _KANA = re.compile(f"[{KANA_CLASS}]+")
 JAPANESE_KANA_SHARE = 0.1
 
 
-def opencc_converter(mode: str, legacy: bool = False) -> Any:
+def opencc_converter(mode: str) -> Any:
     """One OpenCC converter per mode and process (building one reads its dictionaries).
 
-    `legacy` asks for OpenCC 1.1.9's character table where we have it (`t2s`, see `_opencc_legacy`).
+    steelforge pins OpenCC 1.1.9, the version Data-Juicer 1.6.1 pins, for both semantics: one OpenCC can
+    be installed at a time, and 1.1.9's dictionaries give Data-Juicer's outputs exactly (newer ones add
+    phrase entries such as 沈重→沉重 and a wrong 打坏了→打坯了, see docs/clean.md).
     """
-    key = f"{mode}-legacy" if legacy else mode
     with _CONVERTERS_LOCK:
-        if key not in _CONVERTERS:
+        if mode not in _CONVERTERS:
             import opencc
 
-            config = legacy_t2s_config() if legacy and mode == "t2s" else None
-            _CONVERTERS[key] = opencc.OpenCC(config or f"{mode}.json")
-        return _CONVERTERS[key]
+            _CONVERTERS[mode] = opencc.OpenCC(f"{mode}.json")
+        return _CONVERTERS[mode]
 
 
 @register_op("chinese_convert_mapper")
 class ChineseConvertMapper(Mapper):
     """Convert between Simplified, Traditional (Taiwan, Hong Kong) Chinese and Japanese kanji with OpenCC.
 
-    - `data_juicer`: every document is converted; for `t2s` with OpenCC 1.1.9's character table (the
-      version Data-Juicer pins, see `_opencc_legacy`), other modes with the installed OpenCC's.
+    - `data_juicer`: every document is converted with OpenCC 1.1.9 (the version Data-Juicer pins).
     - `language_aware`: Japanese documents (kana at least 10% of the Han + kana characters) are left
       alone unless the mode is a Japanese one (`t2jp`, `jp2t`), since Chinese conversion would rewrite
       their kanji; documents without Han characters are returned without calling OpenCC.
@@ -453,9 +454,8 @@ class ChineseConvertMapper(Mapper):
         if mode not in CHINESE_CONVERT_MODES:
             raise ValueError(f"mode must be one of {', '.join(CHINESE_CONVERT_MODES)}, not {mode!r}")
         self.mode = mode
-        self._legacy = semantics == "data_juicer"
-        opencc_converter(mode, self._legacy)
-        if not self._legacy:
+        opencc_converter(mode)
+        if semantics == "language_aware":
             char_table(_HAN)
             char_table(_KANA)
 
@@ -467,4 +467,4 @@ class ChineseConvertMapper(Mapper):
             kana = count_matches(_KANA, text)
             if "jp" not in self.mode and kana >= JAPANESE_KANA_SHARE * (han + kana):
                 return text
-        return opencc_converter(self.mode, self._legacy).convert(text)
+        return opencc_converter(self.mode).convert(text)
