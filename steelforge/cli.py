@@ -37,7 +37,10 @@ STAGE_RUNNERS: dict[str, tuple[str, str, str]] = {
     "data": ("steelforge.clean.pipeline", "run_clean", "clean_complete"),
     "pack": ("steelforge.tokens.pack", "run_pack", "pack_complete"),
     "pretrain": ("steelforge.train.pretrain", "run_pretrain", "pretrain_complete"),
+    "sft": ("steelforge.posttrain.sft", "run_sft", "sft_complete"),
+    "dpo": ("steelforge.posttrain.dpo", "run_dpo", "dpo_complete"),
     "grpo": ("steelforge.posttrain.grpo", "run_grpo", "grpo_complete"),
+    "eval": ("steelforge.eval.stage", "run_eval_stage", "eval_complete"),
 }
 
 RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or the name of an embedded recipe (e.g. demo).")]
@@ -186,6 +189,15 @@ def pretrain(
     _single_stage("pretrain", recipe, set_, force, force_new_run)
 
 
+def _register_eval() -> None:
+    from steelforge.eval.cli import eval_command  # typer only at import time
+
+    app.command("eval")(eval_command)
+
+
+_register_eval()
+
+
 @app.command()
 def grpo(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
     """GRPO with verifiable rewards (the `grpo:` section): rollouts, rewards, group advantages, clipped updates.
@@ -197,6 +209,49 @@ def grpo(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> Non
       steelforge grpo recipes/steel-1b/grpo_choice.yaml --set grpo.max_steps=10 --set grpo.num_generations=4
     """
     _single_stage("grpo", recipe, set_, force)
+
+
+@app.command()
+def sft(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Tokenize, print token statistics and 3 examples (trained spans lit).")
+    ] = False,
+) -> None:
+    """Supervised fine-tuning on conversations (the `sft:` section); full or LoRA, also under torchrun.
+
+    Examples:
+
+      steelforge sft recipes/steel-1b/sft.yaml --dry-run
+
+      steelforge sft my.yaml --set sft.max_steps=20 --set sft.lora.r=8
+
+      torchrun --nproc_per_node 8 -m steelforge.cli sft recipes/steel-1b/sft.yaml
+    """
+    if not dry_run:
+        _single_stage("sft", recipe, set_, force)
+        return
+    loaded = _load(recipe, set_)
+    if loaded.sft is None:
+        raise SteelforgeError(f"recipe '{recipe}' has no 'sft:' section; add one to run this stage")
+    from steelforge.posttrain.sft import dry_run_sft
+
+    print_report(dry_run_sft(loaded))
+
+
+@app.command()
+def dpo(recipe: RecipeArg, set_: SetOpt = None, force: ForceOpt = False) -> None:
+    """Direct preference optimisation (the `dpo:` section) from the SFT model against a frozen reference.
+
+    Examples:
+
+      steelforge dpo recipes/steel-1b/dpo.yaml
+
+      steelforge dpo my.yaml --set dpo.loss_type=sigmoid_norm --set dpo.beta=5 --set dpo.precompute_ref_logps=true
+    """
+    _single_stage("dpo", recipe, set_, force)
 
 
 @app.command()

@@ -21,15 +21,17 @@ from steelforge.clean.clean_config import CleanConfig
 from steelforge.clean.synthetic_tasks import TasksConfig
 from steelforge.config_base import StrictModel
 from steelforge.errors import RecipeError
+from steelforge.eval.config import EvalConfig
 from steelforge.models.config import ModelSpec
+from steelforge.posttrain.config import DPOConfig, SFTConfig
 from steelforge.posttrain.grpo_config import GRPOConfig
 from steelforge.tokens.pack_config import PackConfig
 from steelforge.train.config import PretrainConfig
 
 # Stage names in run order; `steelforge run` walks them and skips sections a recipe leaves out.
-STAGES: tuple[str, ...] = ("tasks", "data", "pack", "pretrain", "grpo")
+STAGES: tuple[str, ...] = ("tasks", "data", "pack", "pretrain", "sft", "dpo", "grpo", "eval")
 # Stages of the full lifecycle that this version does not implement yet.
-PLANNED_STAGES: tuple[str, ...] = ("sft", "dpo", "eval", "export")
+PLANNED_STAGES: tuple[str, ...] = ("export",)
 
 
 class Recipe(StrictModel):
@@ -50,7 +52,10 @@ class Recipe(StrictModel):
     pack: PackConfig | None = Field(None, description="Tokenize and pack documents into a token store.")
     model: ModelSpec | None = Field(None, description="The model: a preset, an HF folder or an official Steel-LLM folder.")
     pretrain: PretrainConfig | None = Field(None, description="Causal-LM pretraining on a token store.")
+    sft: SFTConfig | None = Field(None, description="Supervised fine-tuning on conversations (assistant tokens).")
+    dpo: DPOConfig | None = Field(None, description="Direct preference optimisation against a frozen reference.")
     grpo: GRPOConfig | None = Field(None, description="GRPO reinforcement learning with verifiable rewards.")
+    eval: EvalConfig | None = Field(None, description="Evaluate models side by side on local benchmark files.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
@@ -58,6 +63,17 @@ class Recipe(StrictModel):
             raise ValueError("the pretrain stage needs a 'model:' section (e.g. model: {preset: tiny-steel})")
         if self.grpo is not None and self.grpo.model is None and self.model is None:
             raise ValueError("the grpo stage needs grpo.model (a preset, an HF folder or a stage name) or a 'model:' section")
+        for stage, previous in (("sft", ("pretrain",)), ("dpo", ("sft", "pretrain"))):
+            section = getattr(self, stage)
+            if section is None:
+                continue
+            if not section.datasets:
+                raise ValueError(f"the {stage} stage needs datasets (e.g. {stage}: {{datasets: [{{path: data.jsonl}}]}})")
+            if section.model is None and self.model is None and all(getattr(self, p) is None for p in previous):
+                raise ValueError(
+                    f"the {stage} stage has no model source: set {stage}.model (a preset or model folder) or a "
+                    f"top-level 'model:' section"
+                )
         return self
 
     # ---- paths -----------------------------------------------------------------------------------

@@ -62,8 +62,8 @@ def test_unknown_nested_key_suggests_fix(tmp_path: Path) -> None:
 
 
 def test_planned_stage_is_named_as_not_available(tmp_path: Path) -> None:
-    with pytest.raises(RecipeError, match="'sft' stage is not available"):
-        load_recipe(write(tmp_path, "sft: {}\n"))
+    with pytest.raises(RecipeError, match="'export' stage is not available"):
+        load_recipe(write(tmp_path, "export: {}\n"))
 
 
 def test_wrong_type_names_key_and_value(tmp_path: Path) -> None:
