@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # CPU machines take the local CPU wheel of torch; machines with an NVIDIA GPU keep (or get) a CUDA build.
 TORCH_CPU := torch==2.13.0
+# GPU machines: the same torch version, CUDA build, from PyTorch's wheel index (pick the CUDA your driver supports)
+TORCH_CUDA_INDEX ?= https://download.pytorch.org/whl/cu128
 # tested versions of everything else (see the file's header)
 CONSTRAINTS := constraints.txt
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -18,7 +20,8 @@ $(VENV)/.created:
 
 $(VENV)/.torch: $(VENV)/.created
 ifeq ($(HAS_GPU),1)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch
+	$(PY) -c "import sys, torch; sys.exit(0 if torch.__version__.split('+')[0] == '2.13.0' and torch.version.cuda else 1)" \
+		2>/dev/null || $(PIP) install --quiet $(TORCH_CPU) --index-url $(TORCH_CUDA_INDEX)
 else
 	$(PIP) install --quiet $(TORCH_CPU)
 endif

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from steelforge.errors import SteelforgeError
 from steelforge.reporting import console, print_table
@@ -13,6 +13,23 @@ if TYPE_CHECKING:
 
 # Prompts in the style of the embedded demo corpus (encyclopedic facts, arithmetic, Q&A, code).
 DEFAULT_PROMPTS: tuple[str, ...] = ("小明有3个苹果，", "问：", "The city of", "def ")
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The ids generation stops at: the model's generation config `eos_token_id` (int or list) and the
+    tokenizer's end-of-sequence token; never a hard-coded token string (mistral-v1 has no `<|im_end|>`:
+    converting it would give `<unk>`)."""
+    found: list[int] = []
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in [*(eos if isinstance(eos, list | tuple) else [eos]), getattr(tokenizer, "eos_token_id", None)]:
+        if value is not None and int(value) not in found:
+            found.append(int(value))
+    if not found:
+        raise SteelforgeError(
+            "neither the model's generation config nor the tokenizer names an end-of-sequence token; "
+            "set eos_token_id in the model folder's generation_config.json"
+        )
+    return found
 
 
 def generate_samples(
@@ -37,6 +54,7 @@ def generate_samples(
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir))
     model.eval()
+    stop_ids = stop_token_ids(model, tokenizer)
     torch.manual_seed(seed)
     outputs = []
     for prompt in prompts:
@@ -51,7 +69,7 @@ def generate_samples(
                 top_p=None,
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-                eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                eos_token_id=stop_ids,
             )
         outputs.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     return outputs

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from steelforge.errors import DataError
-from steelforge.tokens.sampler import GlobalSampler, Phase
+from steelforge.tokens.sampler import GlobalSampler, Phase, phase_seq_len
 from steelforge.tokens.store import ShardInfo, TokenStore, check_tokenizer
 
 LOADER_STATE_VERSION = 1
@@ -57,6 +57,25 @@ class SourceStream:
             out[filled : filled + take] = store.tokens(shard)[offset : offset + take]
             filled, pos, i = filled + take, pos + take, i + 1
         return out
+
+    def read_mask(self, start: int, length: int) -> np.ndarray:
+        """Loss mask of tokens `[start, start + length)` (1 = a training target); ones where a shard has none."""
+        out = np.ones(length, dtype=np.uint8)
+        filled, pos = 0, start
+        i = bisect.bisect_right(self.starts, pos) - 1
+        while filled < length:
+            store, shard = self.parts[i]
+            offset = pos - self.starts[i]
+            take = min(length - filled, shard.tokens - offset)
+            mask = store.mask(shard)
+            if mask is not None:
+                out[filled : filled + take] = mask[offset : offset + take]
+            filled, pos, i = filled + take, pos + take, i + 1
+        return out
+
+    @property
+    def has_masks(self) -> bool:
+        return any(shard.mask_file for _, shard in self.parts)
 
     def doc_starts(self, start: int, end: int) -> np.ndarray:
         """Document start offsets in `[start, end)`, relative to `start`."""
@@ -117,33 +136,28 @@ def source_streams(stores: list[TokenStore]) -> dict[str, SourceStream]:
     return streams
 
 
-def _as_phases(phases: Sequence[Any] | None, seq_len: int, mixture: dict[str, float] | None) -> list[Phase]:
+def _as_phases(phases: Sequence[Phase] | None, seq_len: int, mixture: dict[str, float] | None) -> list[Phase]:
+    """One accepted shape: `Phase` objects (the recipe's `PhaseConfig`s are converted by the stage)."""
     if phases is None:
         return [Phase(None, seq_len, mixture)]
-    out = []
     for i, p in enumerate(phases):
-        if isinstance(p, Phase):
-            out.append(p)
-        elif isinstance(p, dict):
-            out.append(
-                Phase(p.get("until_tokens"), int(p.get("seq_len") or seq_len), p.get("mixture", mixture))
-            )
-        elif isinstance(p, Sequence) and len(p) in (2, 3):
-            until, length = p[0], p[1]
-            mix = p[2] if len(p) == 3 else mixture
-            out.append(Phase(None if until is None else int(until), int(length or seq_len), mix))
-        else:
+        if not isinstance(p, Phase):
             raise DataError(
-                f"phase {i} = {p!r} is not (until_tokens, seq_len, mixture) or a dict with those keys"
+                f"phase {i} = {p!r} is a {type(p).__name__}, not a steelforge.tokens.sampler.Phase; "
+                "build it as Phase(until_tokens, seq_len, mixture)"
             )
-    return out
+    return list(phases)
 
 
 class TokenLoader:
-    """This rank's micro-batches (`input_ids`, `labels`, optional `position_ids`), infinite.
+    """This rank's micro-batches (`input_ids`, `labels`, optional `position_ids` and `cu_seqlens`), infinite.
 
     See the module docstring for the order and the state. `tokenizer_fingerprint`, when given,
-    must match the stores' (the model recipe's tokenizer).
+    must match the stores' (the model recipe's tokenizer). With `loss_masks` (default) a store's loss masks
+    set `labels` to -100 where the target token is masked. `return_position_ids` isolates documents: position
+    ids restart at every document (the model then keeps attention, and Steel's causal Soft-MoE, inside
+    documents), `cu_seqlens` (int32, over the flattened micro-batch: flash-attention's varlen boundaries) comes
+    along, and the target that would cross into the next document is not trained.
     """
 
     def __init__(
@@ -159,6 +173,7 @@ class TokenLoader:
         mixture: dict[str, float] | None = None,
         phases: Sequence[Any] | None = None,
         return_position_ids: bool = False,
+        loss_masks: bool = True,
         num_workers: int = 0,
         pin_memory: bool = False,
         tokenizer_fingerprint: str | None = None,
@@ -179,6 +194,7 @@ class TokenLoader:
         self.world_size = world_size
         self.seed = seed
         self.return_position_ids = return_position_ids
+        self.loss_masks = loss_masks
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.phases = _as_phases(phases, seq_len, mixture)
@@ -200,7 +216,9 @@ class TokenLoader:
 
     @property
     def current_seq_len(self) -> int:
-        return self._restore_sampler(self._state).peek_seq_len()
+        # Read from the cursor: building a sampler here (every step, for tokens/s) would cost a shuffle.
+        sampler_state = self._state["sampler"]
+        return phase_seq_len(self.phases, int(sampler_state["phase"]), int(sampler_state["tokens"]))
 
     @property
     def tokens_per_step(self) -> int:
@@ -324,24 +342,44 @@ class TokenLoader:
 
     def _collate(self, samples: list[tuple[str, int]], seq_len: int) -> dict[str, torch.Tensor]:
         rows = np.empty((len(samples), seq_len + 1), dtype=np.int64)
-        positions = np.empty((len(samples), seq_len), dtype=np.int64) if self.return_position_ids else None
+        isolate = self.return_position_ids
+        positions = np.empty((len(samples), seq_len), dtype=np.int64) if isolate else None
+        keep: np.ndarray | None = None  # 1 where the label (the next token) is trained
         for j, (source, index) in enumerate(samples):
             stream = self._streams[source]
             start = index * seq_len
             rows[j] = stream.read(start, seq_len + 1)
+            if self.loss_masks and stream.has_masks:
+                if keep is None:
+                    keep = np.ones((len(samples), seq_len), dtype=np.uint8)
+                keep[j] = stream.read_mask(start + 1, seq_len)
             if positions is not None:
-                positions[j] = position_ids_for(seq_len, stream.doc_starts(start, start + seq_len))
+                starts = stream.doc_starts(start, start + seq_len + 1)
+                positions[j] = position_ids_for(seq_len, starts)
+                crossing = starts[(starts >= 1) & (starts <= seq_len)] - 1  # labels whose target opens a document
+                if crossing.size:
+                    if keep is None:
+                        keep = np.ones((len(samples), seq_len), dtype=np.uint8)
+                    keep[j, crossing] = 0
         out = {"tokens": torch.from_numpy(rows)}
+        if keep is not None:
+            out["label_keep"] = torch.from_numpy(keep)
         if positions is not None:
             out["position_ids"] = torch.from_numpy(positions)
+            flat_starts = np.flatnonzero(positions.reshape(-1) == 0)
+            out["cu_seqlens"] = torch.from_numpy(np.append(flat_starts, positions.size).astype(np.int32))
         return out
 
 
 def _split_tokens(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """`tokens` [B, L+1] -> `input_ids` and `labels` [B, L]; done after the worker hand-off so that
-    one tensor instead of two crosses the process boundary."""
+    """`tokens` [B, L+1] -> `input_ids` and `labels` [B, L] (-100 where `label_keep` is 0); done after the
+    worker hand-off so that one tensor instead of two crosses the process boundary."""
     tokens = batch.pop("tokens")
-    out = {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
+    labels = tokens[:, 1:].clone()
+    keep = batch.pop("label_keep", None)
+    if keep is not None:
+        labels[keep == 0] = -100
+    out = {"input_ids": tokens[:, :-1].contiguous(), "labels": labels}
     out.update(batch)
     return out
 
@@ -362,16 +400,10 @@ class _WorkerDataset(IterableDataset):
             yield batch
 
 
-def store_fingerprints(stores: str | Path | Sequence[str | Path]) -> list[str]:
-    """Fingerprints of stores (for a checkpoint's metadata)."""
-    return [s.fingerprint() for s in open_stores(stores)]
-
-
 __all__ = [
     "SourceStream",
     "TokenLoader",
     "open_stores",
     "position_ids_for",
     "source_streams",
-    "store_fingerprints",
 ]

@@ -45,9 +45,21 @@ class StoreWriter:
         self._starts: dict[str, list[int]] = {}
         self._count: dict[str, int] = {}
         self._stems: dict[str, str] = {}
+        self._masks: dict[str, list[np.ndarray]] = {}
+        self.with_masks: bool | None = None  # decided by the first document: all have a loss mask or none
 
-    def add(self, source: str, ids: np.ndarray) -> None:
-        """One document (separator included) at the end of `source`'s stream."""
+    def add(self, source: str, ids: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """One document (separator included) at the end of `source`'s stream; `mask` (1 = train on this token as
+        a target, 0 = no loss, e.g. a prompt) must be given for every document of a store or for none."""
+        if self.with_masks is None:
+            self.with_masks = mask is not None
+        if (mask is not None) != self.with_masks:
+            raise DataError(
+                "documents with and without loss masks in one store; give every document a mask (all ones where "
+                "every token trains) or none"
+            )
+        if mask is not None and len(mask) != len(ids):
+            raise DataError(f"a document has {len(ids)} tokens but a loss mask of {len(mask)}; give one per token")
         if source not in self._buffers:
             stem = shard_stem(source, 0)
             if stem in self._stems:
@@ -63,22 +75,30 @@ class StoreWriter:
             )
         self._starts[source].append(self._lengths[source])
         self._buffers[source].append(ids)
+        if mask is not None:
+            self._masks.setdefault(source, []).append(np.asarray(mask, dtype=np.uint8))
         self._lengths[source] += len(ids)
         if self._lengths[source] >= self.shard_tokens:
             self._flush(source, final=False)
 
     def _flush(self, source: str, final: bool) -> None:
         tokens = np.concatenate(self._buffers[source]) if self._buffers[source] else np.zeros(0, np.uint32)
+        masks = self._masks.get(source)
+        mask = (np.concatenate(masks) if masks else np.zeros(0, np.uint8)) if self.with_masks else None
         starts = np.asarray(self._starts[source], dtype=np.int64)
         size = self.shard_tokens
         while len(tokens) >= size or (final and len(tokens)):
             take = min(size, len(tokens))
             here = starts[starts < take]
             stem = shard_stem(source, self._count[source])
-            self.shards.append(write_shard(self.directory, stem, tokens[:take], here, source))
+            shard_mask = mask[:take] if mask is not None else None
+            self.shards.append(write_shard(self.directory, stem, tokens[:take], here, source, shard_mask))
             self._count[source] += 1
             tokens, starts = tokens[take:], starts[starts >= take] - take
+            mask = mask[take:] if mask is not None else None
         self._buffers[source] = [tokens] if len(tokens) else []
+        if mask is not None:
+            self._masks[source] = [mask] if len(mask) else []
         self._lengths[source] = len(tokens)
         self._starts[source] = starts.tolist()
 
@@ -90,7 +110,7 @@ class StoreWriter:
 
 def write_token_store(
     directory: Path,
-    documents: Iterable[tuple[str, Any]],
+    documents: Iterable[tuple[str, Any] | tuple[str, Any, Any]],
     *,
     tokenizer_name: str,
     tokenizer_fingerprint: str,
@@ -98,13 +118,15 @@ def write_token_store(
     separator_id: int | None = None,
     shard_tokens: int = 1 << 25,
 ) -> Manifest:
-    """A store from already tokenized `(source, ids)` documents (ids used as given, separator
-    included) — for synthetic data and tests; `pack_documents` tokenizes text first."""
+    """A store from already tokenized `(source, ids)` or `(source, ids, loss_mask)` documents (ids used as given,
+    separator included) — for synthetic data, chat data and tests; `pack_documents` tokenizes text first."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     writer = StoreWriter(directory, shard_tokens)
-    for source, ids in documents:
-        writer.add(source, np.asarray(ids, dtype=np.uint32))
+    for doc in documents:
+        source, ids = doc[0], doc[1]
+        mask = np.asarray(doc[2], dtype=np.uint8) if len(doc) > 2 else None
+        writer.add(source, np.asarray(ids, dtype=np.uint32), mask)
     manifest = Manifest(
         tokenizer_name,
         tokenizer_fingerprint,

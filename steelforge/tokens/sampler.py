@@ -30,6 +30,7 @@ and independent of the store size and of the number of ranks.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -281,6 +282,16 @@ class Phase:
     mixture: dict[str, float] | None = None
 
 
+def phase_seq_len(phases: Sequence[Phase], phase: int, tokens: int) -> int:
+    """The seq_len of the next global batch from phase `phase` after `tokens` consumed tokens."""
+    while phase + 1 < len(phases):
+        until = phases[phase].until_tokens
+        if until is None or tokens < until:
+            break
+        phase += 1
+    return phases[phase].seq_len
+
+
 def validate_phases(phases: list[Phase]) -> None:
     """Phases must have positive seq_len and strictly increasing `until_tokens` (None only last)."""
     if not phases:
@@ -451,13 +462,7 @@ class GlobalSampler:
 
     def peek_seq_len(self) -> int:
         """The seq_len of the next global batch (after a phase switch that is due)."""
-        phase = self.phase
-        while phase + 1 < len(self.phases):
-            until = self.phases[phase].until_tokens
-            if until is None or self.tokens < until:
-                break
-            phase += 1
-        return self.phases[phase].seq_len
+        return phase_seq_len(self.phases, self.phase, self.tokens)
 
     # ---- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,15 @@ from steelforge.errors import DataError
 from steelforge.stage import atomic_write_bytes
 
 FORMAT_NAME = "steelforge-token-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional per-token loss masks (`<stem>.mask`, uint8); version 1 stores still read
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 TOKEN_DTYPE = np.dtype("<u4")
 OFFSET_DTYPE = np.dtype("<u8")
 TOKEN_SUFFIX = ".u32"
 DOCS_SUFFIX = ".docs"
+MASK_SUFFIX = ".mask"
+MASK_DTYPE = np.dtype("u1")
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,12 @@ class ShardInfo:
     tokens: int
     documents: int
     source: str
+    mask_file: str | None = None  # 1 where the token is a training target, 0 where no loss is taken
+    mask_md5: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ShardInfo:
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
 
 
 @dataclass
@@ -88,7 +93,7 @@ class Manifest:
             "shard_tokens": self.shard_tokens,
             "complete": self.complete,
             "extra": self.extra,
-            "shards": [asdict(s) for s in self.shards],
+            "shards": [{k: v for k, v in asdict(s).items() if v is not None} for s in self.shards],
         }
 
     @classmethod
@@ -97,9 +102,10 @@ class Manifest:
             raise DataError(
                 f"{where} is not a steelforge token store manifest (format/dtype missing); re-run `steelforge pack`"
             )
-        if raw.get("version") != FORMAT_VERSION:
+        if raw.get("version") not in READABLE_VERSIONS:
             raise DataError(
-                f"{where} has store format version {raw.get('version')}, this release reads {FORMAT_VERSION}; re-run `steelforge pack`"
+                f"{where} has store format version {raw.get('version')}, this release reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; re-run `steelforge pack`"
             )
         return cls(
             tokenizer_name=raw["tokenizer"]["name"],
@@ -129,9 +135,14 @@ def file_md5(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def write_shard(
-    directory: Path, stem: str, tokens: np.ndarray, doc_starts: Iterable[int], source: str
+    directory: Path,
+    stem: str,
+    tokens: np.ndarray,
+    doc_starts: Iterable[int],
+    source: str,
+    mask: np.ndarray | None = None,
 ) -> ShardInfo:
-    """Write one shard (tokens + document start offsets) atomically and return its manifest entry."""
+    """Write one shard (tokens + document start offsets + optional loss mask) atomically; its manifest entry."""
     token_bytes = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tobytes()
     starts = np.asarray(list(doc_starts), dtype=OFFSET_DTYPE)
     if starts.size and (starts[0] >= max(1, len(tokens)) or np.any(np.diff(starts.astype(np.int64)) <= 0)):
@@ -146,6 +157,14 @@ def write_shard(
         documents=int(starts.size),
         source=source,
     )
+    if mask is not None:
+        if len(mask) != len(tokens):
+            raise ValueError(f"the loss mask of shard {stem} has {len(mask)} entries for {len(tokens)} tokens")
+        mask_bytes = np.ascontiguousarray(mask, dtype=MASK_DTYPE).tobytes()
+        info = replace(
+            info, mask_file=stem + MASK_SUFFIX, mask_md5=hashlib.md5(mask_bytes, usedforsecurity=False).hexdigest()
+        )
+        atomic_write_bytes(Path(directory) / info.mask_file, mask_bytes)  # type: ignore[operator]
     atomic_write_bytes(Path(directory) / info.docs_file, doc_bytes)
     atomic_write_bytes(Path(directory) / info.file, token_bytes)
     return info
@@ -173,6 +192,7 @@ class TokenStore:
             )
         self._tokens: dict[str, np.memmap] = {}
         self._docs: dict[str, np.ndarray] = {}
+        self._masks: dict[str, np.ndarray] = {}
         # Set by a reader that knows the model's vocabulary: each shard's ids are range-checked when first opened.
         self.vocab_size: int | None = None
         if check_sizes:
@@ -180,7 +200,7 @@ class TokenStore:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without open memmaps (worker processes reopen them; pickling would copy data)."""
-        return {**self.__dict__, "_tokens": {}, "_docs": {}}
+        return {**self.__dict__, "_tokens": {}, "_docs": {}, "_masks": {}}
 
     @property
     def shards(self) -> list[ShardInfo]:
@@ -189,7 +209,10 @@ class TokenStore:
     def check_sizes(self) -> None:
         """Every listed file exists with the size the manifest implies (no hashing)."""
         for shard in self.shards:
-            for name, size in ((shard.file, shard.tokens * 4), (shard.docs_file, shard.documents * 8)):
+            files = [(shard.file, shard.tokens * 4), (shard.docs_file, shard.documents * 8)]
+            if shard.mask_file:
+                files.append((shard.mask_file, shard.tokens))
+            for name, size in files:
                 path = self.path / name
                 if not path.is_file():
                     raise DataError(
@@ -207,10 +230,13 @@ class TokenStore:
         """Re-hash every shard; returns one sentence per bad file (empty when all match)."""
         problems = []
         for shard in self.shards:
-            for name, size, md5 in (
+            files = [
                 (shard.file, shard.tokens * 4, shard.md5),
                 (shard.docs_file, shard.documents * 8, shard.docs_md5),
-            ):
+            ]
+            if shard.mask_file:
+                files.append((shard.mask_file, shard.tokens, shard.mask_md5))
+            for name, size, md5 in files:
                 path = self.path / name
                 if not path.is_file():
                     problems.append(f"shard '{name}' is missing")
@@ -228,6 +254,8 @@ class TokenStore:
         digest = hashlib.sha256(self.manifest.tokenizer_fingerprint.encode())
         for shard in self.shards[: n_shards if n_shards is not None else len(self.shards)]:
             digest.update(shard.md5.encode())
+            if shard.mask_md5:  # unmasked stores keep the fingerprint they had before masks existed
+                digest.update(shard.mask_md5.encode())
         return digest.hexdigest()[:32]
 
     def sources(self) -> dict[str, list[ShardInfo]]:
@@ -262,6 +290,21 @@ class TokenStore:
                 )
             self._tokens[shard.file] = mm
         return mm
+
+    @property
+    def has_masks(self) -> bool:
+        return any(s.mask_file for s in self.shards)
+
+    def mask(self, shard: ShardInfo) -> np.ndarray | None:
+        """The shard's loss mask (1 = a training target) as a read-only memmap, or None (every token trains)."""
+        if not shard.mask_file:
+            return None
+        arr = self._masks.get(shard.file)
+        if arr is None:
+            if shard.tokens == 0:
+                return np.zeros(0, dtype=MASK_DTYPE)
+            arr = self._masks[shard.file] = np.memmap(self.path / shard.mask_file, dtype=MASK_DTYPE, mode="r")
+        return arr
 
     def doc_starts(self, shard: ShardInfo) -> np.ndarray:
         arr = self._docs.get(shard.file)
@@ -384,6 +427,10 @@ def append_shards(store_dir: str | Path, new: list[str | Path]) -> list[ShardInf
             )
         docs = (src.path / shard.docs_file).read_bytes()
         stem = shard_stem(shard.source, index)
+        mask_file = None
+        if shard.mask_file:
+            mask_file = stem + MASK_SUFFIX
+            atomic_write_bytes(store.path / mask_file, (src.path / shard.mask_file).read_bytes())
         atomic_write_bytes(store.path / (stem + DOCS_SUFFIX), docs)
         atomic_write_bytes(store.path / (stem + TOKEN_SUFFIX), data)
         added.append(
@@ -395,6 +442,8 @@ def append_shards(store_dir: str | Path, new: list[str | Path]) -> list[ShardInf
                 shard.tokens,
                 shard.documents,
                 shard.source,
+                mask_file,
+                shard.mask_md5,
             )
         )
     store.manifest.shards.extend(added)

@@ -64,6 +64,11 @@ class ParallelConfig(StrictModel):
         False, description="Build the model on the meta device and materialise shard by shard (large models)."
     )
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Process-group backend (auto: nccl on GPU).")
+    grad_sync_last_micro_batch: bool = Field(
+        False,
+        description="FSDP2: reduce-scatter gradients only after the last micro-batch of a step (fewer collectives; "
+        "costs one unsharded fp32 gradient copy of the model per rank between micro-batches).",
+    )
 
 
 class SpeedConfig(StrictModel):
@@ -72,12 +77,17 @@ class SpeedConfig(StrictModel):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 = bf16 compute with fp32 master weights and fp32 gradient reduction."
     )
-    attention: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel (SDPA: flash/cuDNN on GPU).")
+    attention: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        None,
+        description="Attention kernel for training; None: the model's `model.attn_implementation` (set one of them; "
+        "both set and different is refused). flash_attention_2 needs CUDA and flash-attn.",
+    )
     activation_checkpointing: Literal["none", "full", "every_k"] = Field(
         "none", description="Recompute activations in backward: none, every block, or every k-th block."
     )
     ac_every: int = Field(2, ge=1, description="activation_checkpointing=every_k: checkpoint every k-th block.")
     compile: bool = Field(False, description="torch.compile each decoder block (also works on CPU).")
+    tf32: bool = Field(True, description="TF32 tensor-core matmuls for fp32 on Ampere+ GPUs (no effect on CPU).")
     compile_backend: str = Field("inductor", description="torch.compile backend (inductor, aot_eager, ...).")
     liger: Literal["auto", "on", "off"] = Field(
         "auto", description="Liger kernels (RMSNorm, RoPE, SwiGLU, fused linear CE): auto = on CUDA when installed."
@@ -97,6 +107,14 @@ class CheckpointConfig(StrictModel):
     resume: str = Field("auto", description="'auto' (newest complete checkpoint), 'none', or a checkpoint folder.")
     export_steps: list[int] = Field(default_factory=list, description="Also export an HF folder at these steps.")
     export_final: bool = Field(True, description="Export a consolidated HF folder (hf/) at the end.")
+
+
+class WandbConfig(StrictModel):
+    """Weights & Biases logging (the `wandb` extra); offline by default: `wandb sync` uploads later."""
+
+    project: str = Field("steelforge", description="W&B project name.")
+    name: str | None = Field(None, description="Run name (default: W&B's generated one).")
+    mode: Literal["online", "offline", "disabled"] = Field("offline", description="online needs a login/API key.")
 
 
 class ResumeConfig(StrictModel):
@@ -132,6 +150,12 @@ class PretrainConfig(StrictModel):
     global_batch_tokens: int | None = Field(None, ge=1, description="Tokens per optimizer step over all processes.")
     mixture: dict[str, float] | None = Field(None, description="Sampling weight per store name.")
     phases: list[PhaseConfig] | None = Field(None, description="Multi-phase data schedule (seq length, mixture).")
+    return_position_ids: bool = Field(
+        False,
+        description="Isolate packed documents: position ids restart at each document, so attention (and Steel's "
+        "causal Soft-MoE) stay inside it and the cross-document target is not trained (default: one stream).",
+    )
+    loss_masks: bool = Field(True, description="Use the token stores' loss masks (labels -100 where masked).")
     ignore_index: int = Field(
         -100, description="Label excluded from the loss (Steel-LLM: the <|endoftext|> id 151643, i.e. padding)."
     )
@@ -141,6 +165,10 @@ class PretrainConfig(StrictModel):
     )
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
     tensorboard: bool = Field(True, description="Also write TensorBoard events when it is installed.")
+    peak_tflops: float | None = Field(
+        None, gt=0, description="One device's peak TFLOP/s for MFU (default: GPU datasheet, else a GEMM probe)."
+    )
+    wandb: WandbConfig | None = Field(None, description="Also log to Weights & Biases (needs the wandb extra).")
     num_workers: int = Field(0, ge=0, description="Data-loader worker processes.")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)

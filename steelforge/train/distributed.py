@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +91,11 @@ def init_distributed(cfg: ParallelConfig | None = None) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and cfg.data_parallel == "none":
+        raise RecipeError(
+            f"'pretrain.parallel.data_parallel' = 'none' under torchrun with {world} processes would train "
+            f"{world} unsynchronised copies of the model; set it to auto, fsdp or hsdp, or run one process"
+        )
     use_cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -140,8 +146,36 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def set_attention(model: nn.Module, kind: str) -> None:
-    """Select the attention kernel through the HF config ('sdpa' or 'eager')."""
+ATTENTION_KINDS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attention(kind: str, device: torch.device | None = None) -> None:
+    """Refuse an attention kernel this machine cannot run, in one sentence naming the setting and the fix."""
+    if kind not in ATTENTION_KINDS:
+        raise RecipeError(f"attention kernel '{kind}' is not one of {', '.join(ATTENTION_KINDS)}; pick one of them")
+    if kind != "flash_attention_2":
+        return
+    import importlib.util
+
+    on_cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
+    if not on_cuda:
+        raise RecipeError(
+            "'pretrain.speed.attention' = 'flash_attention_2' needs a CUDA GPU; use sdpa on this machine "
+            "(it picks the flash kernel itself on GPUs)"
+        )
+    if importlib.util.find_spec("flash_attn") is None:
+        raise RecipeError(
+            "'pretrain.speed.attention' = 'flash_attention_2' needs the flash-attn package; "
+            "pip install 'steelforge[gpu]' (or flash-attn) or use sdpa"
+        )
+
+
+def set_attention(model: nn.Module, kind: str | None) -> None:
+    """Select the attention kernel through the HF config ('sdpa', 'eager' or 'flash_attention_2');
+    None keeps the one the model was loaded with."""
+    if kind is None:
+        return
+    check_attention(kind)
     config = getattr(model, "config", None)
     if config is not None:
         if hasattr(model, "set_attn_implementation"):
@@ -150,8 +184,72 @@ def set_attention(model: nn.Module, kind: str) -> None:
             config._attn_implementation = kind
 
 
+def is_steel(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == "steel"
+
+
+def patch_steel_kernels(
+    model: nn.Module,
+    *,
+    rms_norm: Callable[[int, float], nn.Module],
+    silu_mul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None,
+) -> dict[str, int]:
+    """Swap Steel's RMSNorm modules, its (dual-)SwiGLU experts' `silu(a) * b` and RoPE for other kernels.
+
+    Liger only patches the architectures it knows (Qwen2, Mistral...); Steel's blocks are its own classes, so
+    they are patched here: each `SteelRMSNorm` becomes `rms_norm(hidden, eps)` sharing the same weight
+    Parameter (names and checkpoints unchanged), each expert's forward calls `silu_mul`, and `rotary`
+    replaces `apply_rotary_pos_emb` in transformers' Qwen2 module, which SteelAttention (a Qwen2Attention)
+    calls: like Liger's own Qwen2 patch that is process-wide. Returns how many modules were patched.
+    """
+    from steelforge.models.steel.modeling_steel import SteelMLP, SteelRMSNorm, SteelSENet
+
+    counts = {"rms_norm": 0, "swiglu": 0, "rope": 0}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SteelRMSNorm):
+                new = rms_norm(child.weight.shape[0], child.variance_epsilon)
+                new.weight = child.weight
+                setattr(parent, name, new)
+                counts["rms_norm"] += 1
+    if getattr(model.config, "hidden_act", "silu") in ("silu", "swish"):
+        for module in model.modules():
+            if isinstance(module, SteelSENet):
+                module.forward = types.MethodType(_senet_forward(silu_mul), module)
+                counts["swiglu"] += 1
+            elif isinstance(module, SteelMLP):
+                module.forward = types.MethodType(_mlp_forward(silu_mul), module)
+                counts["swiglu"] += 1
+    if rotary is not None:
+        from transformers.models.qwen2 import modeling_qwen2
+
+        modeling_qwen2.apply_rotary_pos_emb = rotary
+        counts["rope"] = 1
+    return counts
+
+
+def _mlp_forward(silu_mul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+
+    return forward
+
+
+def _senet_forward(silu_mul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        h = silu_mul(self.gate_up_proj(x), self.up_proj(x))
+        return silu_mul(self.gate_down_proj(h), self.down_proj(h))
+
+    return forward
+
+
 def apply_liger(model: nn.Module, mode: str) -> bool:
-    """Swap RMSNorm/RoPE/SwiGLU for Liger's Triton kernels on CUDA; False (PyTorch kept) otherwise."""
+    """Swap RMSNorm/RoPE/SwiGLU for Liger's Triton kernels on CUDA; False (PyTorch kept) otherwise.
+
+    Steel models get their own modules patched (`patch_steel_kernels`); other architectures go through
+    Liger's per-instance patcher.
+    """
     if mode == "off":
         return False
     from steelforge.train.losses import liger_available
@@ -160,10 +258,39 @@ def apply_liger(model: nn.Module, mode: str) -> bool:
         if mode == "on":
             console.print("[yellow]Liger kernels need CUDA and the 'liger-kernel' package; using PyTorch kernels[/]")
         return False
+    if is_steel(model):
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+        from liger_kernel.transformers import LigerRMSNorm, liger_rotary_pos_emb
+
+        patch_steel_kernels(
+            model,
+            rms_norm=lambda hidden, eps: LigerRMSNorm(hidden, eps=eps),
+            silu_mul=LigerSiLUMulFunction.apply,
+            rotary=liger_rotary_pos_emb,
+        )
+        return True
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
     _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
     return True
+
+
+def configure_precision(precision: str, device: torch.device, *, tf32: bool = True) -> dict[str, bool]:
+    """TF32 matmuls on Ampere and newer unless `tf32` is off (fp32 operands rounded to a 10-bit mantissa
+    inside the tensor cores: the usual training trade); refuse bf16 on a GPU without bf16 support
+    instead of failing deep inside a kernel."""
+    if device.type != "cuda":
+        return {"tf32": False}
+    major, _ = torch.cuda.get_device_capability(device)
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise RecipeError(
+            f"'pretrain.speed.precision' = 'bf16' but {torch.cuda.get_device_name(device)} has no bf16 support; "
+            "set precision to fp32 or use an Ampere-or-newer GPU"
+        )
+    tf32 = tf32 and major >= 8
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return {"tf32": tf32}
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str, every: int = 1) -> int:
@@ -217,7 +344,8 @@ def install_forward_hidden(model: nn.Module) -> None:
 
 def parallelize(model: nn.Module, mesh: DeviceMesh | None, speed: SpeedConfig, parallel: ParallelConfig) -> nn.Module:
     """Apply the speed switches and data parallelism in torchtitan's order; returns the same model."""
-    set_attention(model, speed.attention)
+    if speed.attention is not None:  # None: keep what the model was loaded with (model.attn_implementation)
+        set_attention(model, speed.attention)
     apply_liger(model, speed.liger)
     apply_activation_checkpointing(model, speed.activation_checkpointing, speed.ac_every)
     if speed.compile:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
+import secrets
 import sys
 import time
 from collections.abc import Mapping
@@ -83,17 +85,37 @@ def table_peak_flops(device_name: str, dtype: torch.dtype, *, tf32: bool = False
     return None
 
 
-def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> float:
-    """Peak matmul FLOP/s of one device for ``dtype``: the GPU table, else a measured GEMM."""
+def resolve_peak_flops(
+    device: torch.device | str, dtype: torch.dtype = torch.bfloat16, tflops: float | None = None
+) -> tuple[float, str]:
+    """One device's peak matmul FLOP/s for MFU and where it came from (printed with the run's summary).
+
+    A given `tflops` (recipe `pretrain.peak_tflops`) wins; a known GPU uses its datasheet figure; otherwise
+    a short GEMM probe measures it. On a CPU the probe takes the faster of fp32 and `dtype`: many CPUs run
+    bf16 GEMMs far below their fp32 speed, and autocast keeps much of the step in fp32, so a bf16-only probe
+    understated the peak and printed MFU above 100%.
+    """
+    if tflops:
+        return float(tflops) * 1e12, "recipe value (pretrain.peak_tflops)"
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
         peak = table_peak_flops(name, dtype, tf32=tf32)
         if peak is not None:
-            return peak
+            return peak, f"datasheet, {name}, {str(dtype).removeprefix('torch.')}{' (TF32)' if tf32 else ''}"
         console.print(f"[yellow]no datasheet peak for {name}; measuring a {dtype} GEMM for MFU[/]")
-    return measure_gemm_peak(device, dtype)
+    measured, kind = measure_gemm_peak(device, dtype), str(dtype).removeprefix("torch.")
+    if device.type == "cpu" and dtype != torch.float32:
+        fp32 = measure_gemm_peak(device, torch.float32)
+        if fp32 > measured:
+            measured, kind = fp32, "fp32"
+    return measured, f"measured {kind} GEMM on {device.type} ({torch.get_num_threads()} threads)"
+
+
+def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> float:
+    """Peak matmul FLOP/s of one device for ``dtype`` (see `resolve_peak_flops`)."""
+    return resolve_peak_flops(device, dtype)[0]
 
 
 def mfu(tokens_per_second: float, flops_per_token: float, peak: float) -> float:
@@ -167,6 +189,22 @@ _CONSOLE_FIELDS: tuple[tuple[str, Any], ...] = (
 )
 
 
+# Bookkeeping keys: everything else an objective logs (reward, kl, rewards/accuracies...) is its own metric,
+# shown on the console line (first few) and drawn in the PNG's second row.
+_BOOKKEEPING = frozenset(
+    {"step", "time", "lr", "grad_norm", "tokens_per_s", "mfu", "tokens", "skipped", "step_time_s", "val_ppl",
+     "generated_tokens_total"}
+)
+_CONSOLE_OBJECTIVE_FIELDS = 4
+_PLOT_OBJECTIVE_FIELDS = 6
+
+
+def objective_keys(records: list[dict[str, float]] | list[Mapping[str, float]]) -> list[str]:
+    """The objective's own metric names in these records (not losses, not the engine's bookkeeping)."""
+    keys = {k for r in records for k in r if k not in _BOOKKEEPING and not k.endswith("loss")}
+    return sorted(keys)
+
+
 class MetricsLogger:
     """Every training metric goes through here: console line, ``metrics.jsonl``, TensorBoard, curves.
 
@@ -184,6 +222,7 @@ class MetricsLogger:
         tensorboard: bool = True,
         jsonl_name: str = "metrics.jsonl",
         plot_name: str = "curves.png",
+        wandb: Mapping[str, Any] | None = None,
         log_every: int = 1,
     ) -> None:
         self.out_dir = Path(out_dir)
@@ -199,12 +238,47 @@ class MetricsLogger:
         self._first_step: int | None = None
         self._jsonl = None
         self._tb = None
+        self._wandb: Any = None
         if not is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             self._tb = self._open_tensorboard()
+        if wandb is not None:
+            self._wandb = self._open_wandb(dict(wandb))
+
+    def _open_wandb(self, settings: dict[str, Any]) -> Any:
+        """A Weights & Biases run (`project`, `name`, `mode`: online|offline|disabled, `config`) under
+        `<out_dir>/wandb`; resumed runs continue the same run id, kept in `<out_dir>/wandb_run_id`."""
+        try:
+            import wandb
+        except ImportError as exc:
+            from steelforge.errors import RecipeError
+
+            raise RecipeError(
+                "metrics go to Weights & Biases but wandb is not installed; pip install 'steelforge[wandb]' "
+                "or remove the wandb setting"
+            ) from exc
+        id_file = self.out_dir / "wandb_run_id"
+        run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else secrets.token_hex(4)
+        if not id_file.is_file():
+            tmp = id_file.with_suffix(".tmp")
+            tmp.write_text(run_id, encoding="utf-8")
+            os.replace(tmp, id_file)
+        return wandb.init(
+            project=settings.get("project") or "steelforge",
+            name=settings.get("name"),
+            mode=settings.get("mode") or "offline",
+            config=settings.get("config"),
+            dir=str(self.out_dir),
+            id=run_id,
+            resume="allow",
+        )
+
+    @property
+    def wandb_run(self) -> Any:
+        return self._wandb
 
     def _open_tensorboard(self) -> Any:
         try:
@@ -228,6 +302,7 @@ class MetricsLogger:
     def format_line(self, step: int, metrics: Mapping[str, float]) -> str:
         parts = [f"step {step:,}/{self.total_steps:,}"]
         parts += [fmt(metrics[key]) for key, fmt in _CONSOLE_FIELDS if key in metrics]
+        parts += [f"{key} {metrics[key]:.4g}" for key in objective_keys([metrics])[:_CONSOLE_OBJECTIVE_FIELDS]]
         parts.append(f"ETA {_fmt_duration(self.eta_seconds(step))}")
         return " | ".join(parts)
 
@@ -249,6 +324,8 @@ class MetricsLogger:
         if self._tb is not None:
             for key, value in values.items():
                 self._tb.add_scalar(f"train/{key}", value, step)
+        if self._wandb is not None:
+            self._wandb.log({f"train/{key}": value for key, value in values.items()}, step=step)
         line = self.format_line(step, values)
         if first and "loss" in values:
             line += " (first step of this run: includes warm-up/compilation)"
@@ -275,9 +352,22 @@ class MetricsLogger:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(10, 4), dpi=100)
+        extra = objective_keys(records)[:_PLOT_OBJECTIVE_FIELDS]
+        cols = max(2, len(extra))
+        fig = Figure(figsize=(5 * cols, 4 * (2 if extra else 1)), dpi=100)
         FigureCanvasAgg(fig)
-        ax_loss, ax_lr = fig.subplots(1, 2)
+        axes = fig.subplots(2 if extra else 1, cols, squeeze=False)
+        ax_loss, ax_lr = axes[0][0], axes[0][1]
+        for ax in axes[0][2:]:
+            ax.set_visible(False)
+        for i, key in enumerate(extra):  # the objective's own curves (reward, kl, accuracies...)
+            pts = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+            if pts:
+                axes[1][i].plot(*zip(*pts, strict=True), marker="." if len(pts) < 50 else None)
+            axes[1][i].set_xlabel("step")
+            axes[1][i].set_ylabel(key)
+        for ax in axes[1][len(extra) :] if extra else []:
+            ax.set_visible(False)
         loss_keys = sorted({k for r in records for k in r if k.endswith("loss")})
         for key in loss_keys:
             pts = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
@@ -334,6 +424,9 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -84,14 +84,33 @@ def build_model(recipe: Any, cfg: PretrainConfig, env: DistEnv) -> nn.Module:
     shard when `parallel.meta_init` is set (every rank then holds only its shards)."""
     from steelforge.models.loading import load_model
 
+    spec = model_spec_with_attention(recipe.model, cfg)
     if cfg.parallel.meta_init:
-        model = load_model(recipe.model, dtype=torch.float32, on_meta=True)
+        model = load_model(spec, dtype=torch.float32, on_meta=True)
         parallelize(model, env.mesh, cfg.speed, cfg.parallel)
         materialize(model, env.device, recipe.seed)
         return model
     torch.manual_seed(recipe.seed)
-    model = load_model(recipe.model, dtype=torch.float32, device=env.device)
+    model = load_model(spec, dtype=torch.float32, device=env.device)
     return parallelize(model, env.mesh, cfg.speed, cfg.parallel)
+
+
+def model_spec_with_attention(spec: Any, cfg: PretrainConfig) -> Any:
+    """The model spec with the one attention setting: `pretrain.speed.attention` when given, else the
+    model's `attn_implementation`; both given and different is refused instead of one silently winning."""
+    from steelforge.errors import RecipeError
+    from steelforge.train.distributed import check_attention
+
+    chosen = cfg.speed.attention
+    if chosen is None:
+        return spec
+    if "attn_implementation" in spec.model_fields_set and spec.attn_implementation != chosen:
+        raise RecipeError(
+            f"'model.attn_implementation' = '{spec.attn_implementation}' and 'pretrain.speed.attention' = "
+            f"'{chosen}' disagree; set only one of them"
+        )
+    check_attention(chosen)
+    return spec.model_copy(update={"attn_implementation": chosen})
 
 
 def store_dirs(recipe: Any, cfg: PretrainConfig) -> list[Path]:
@@ -153,6 +172,8 @@ def build_loader(
         seed=seed,
         mixture=cfg.mixture,
         phases=_phases(cfg),
+        return_position_ids=cfg.return_position_ids,
+        loss_masks=cfg.loss_masks,
         num_workers=cfg.num_workers,
         pin_memory=env.device.type == "cuda",
         tokenizer_fingerprint=tokenizer_fingerprint,
@@ -391,11 +412,14 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
     from steelforge.models.flops import flops_per_token
     from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
     from steelforge.train.checkpoint import Checkpointer, StopSignal
-    from steelforge.train.metrics import MetricsLogger, peak_flops
+    from steelforge.train.metrics import MetricsLogger, resolve_peak_flops
 
     cfg: PretrainConfig = recipe.pretrain
     out = recipe.stage_dir("pretrain")
     env = init_distributed(cfg.parallel)
+    from steelforge.train.distributed import configure_precision
+
+    configure_precision(cfg.speed.precision, env.device, tf32=cfg.speed.tf32)
     if not env.is_main:
         console.quiet = True  # one console under torchrun: rank 0 speaks for every rank
     grad_accum, global_batch = cfg.resolve_batch(env.world_size)
@@ -447,6 +471,7 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
     elif cfg.resume is not None:
         continue_from(cfg, checkpointer, model, optimizer, loader, current)
     compute_dtype = torch.bfloat16 if cfg.speed.precision == "bf16" else torch.float32
+    peak, peak_source = resolve_peak_flops(env.device, compute_dtype, cfg.peak_tflops)
     model_config = getattr(model, "config", None)
     trainer_cfg = TrainerConfig(
         max_steps=cfg.max_steps,
@@ -461,9 +486,10 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
         precision=cfg.speed.precision,
         tokens_per_step=global_batch * cfg.seq_len,
         flops_per_token=flops_per_token(model_config, cfg.seq_len, training=True) if model_config is not None else 0.0,
-        peak_flops=peak_flops(env.device, compute_dtype),
+        peak_flops=peak,
         resume=resume_path,
         device=env.device,
+        grad_sync_last_micro_batch=cfg.parallel.grad_sync_last_micro_batch,
     )
 
     def export(step: int, final: bool) -> None:
@@ -471,7 +497,12 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
         checkpointer.export_hf(model, tokenizer, target)
 
     metrics = MetricsLogger(
-        out, total_steps=cfg.max_steps, is_main=env.is_main, tensorboard=cfg.tensorboard, log_every=cfg.log_every
+        out,
+        total_steps=cfg.max_steps,
+        is_main=env.is_main,
+        tensorboard=cfg.tensorboard,
+        log_every=cfg.log_every,
+        wandb=cfg.wandb.model_dump() | {"config": {"recipe": recipe.name}} if cfg.wandb is not None else None,
     )
     if env.is_main:
         warmup = "torch.compile of every block, then " if cfg.speed.compile else ""
@@ -504,6 +535,7 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
 
     report = StageReport(stage="pretrain")
     report.rows.extend(metrics.summary_rows())
+    report.add("MFU peak", f"{peak / 1e12:.3g} TFLOP/s ({peak_source})")
     report.add("world size", env.world_size)
     report.add("grad accumulation", grad_accum)
     report.add("global batch (samples)", global_batch)

@@ -40,3 +40,21 @@ def test_greedy_samples_are_deterministic_and_bounded(model_dir: Path) -> None:
 def test_folder_without_model_is_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(SteelforgeError, match=r"has no config\.json"):
         generate_samples(tmp_path, ["x"])
+
+
+def test_stop_tokens_come_from_the_generation_config_and_tokenizer() -> None:
+    from types import SimpleNamespace
+
+    from steelforge.infer.sample import stop_token_ids
+
+    mistral = load_tokenizer("mistral-v1")
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=2))
+    assert stop_token_ids(model, mistral) == [2]  # </s>, not <unk> (what "<|im_end|>" converts to)
+    assert mistral.convert_ids_to_tokens(2) == "</s>"
+    qwen = load_tokenizer("qwen1.5")
+    im_end = qwen.convert_tokens_to_ids("<|im_end|>")
+    endoftext = qwen.convert_tokens_to_ids("<|endoftext|>")
+    pretrained = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[endoftext]))
+    assert stop_token_ids(pretrained, qwen) == [endoftext, qwen.eos_token_id] and im_end == qwen.eos_token_id
+    with pytest.raises(SteelforgeError, match="end-of-sequence"):
+        stop_token_ids(SimpleNamespace(generation_config=None), SimpleNamespace(eos_token_id=None))

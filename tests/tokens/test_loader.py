@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from steelforge.errors import DataError
 from steelforge.tokens.loader import TokenLoader, position_ids_for
 from steelforge.tokens.pack import write_token_store
+from steelforge.tokens.sampler import Phase
 from steelforge.tokens.store import TokenStore, append_shards
 
 SEP = 1
@@ -178,10 +179,25 @@ def test_appended_shards_join_mid_epoch_without_loss_or_repeat(tmp_path: Path) -
 
 
 def test_phases_change_seq_len_at_the_step_boundary(store: Path) -> None:
-    loader = _loader(store, phases=[(2 * 6 * 8, 8), (None, 16)], grad_accum=3)
+    loader = _loader(store, phases=[Phase(2 * 6 * 8, 8), Phase(None, 16)], grad_accum=3)
     assert loader.current_seq_len == 8 and loader.tokens_per_step == 6 * 8
     shapes = [tuple(b["input_ids"].shape) for b in _take(loader, 9)]
     assert shapes == [(2, 8)] * 6 + [(2, 16)] * 3
+    assert loader.current_seq_len == 16 and loader.tokens_per_step == 6 * 16
+
+
+def test_phases_have_one_shape_and_seq_len_reads_no_sampler(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DataError, match=r"not a steelforge\.tokens\.sampler\.Phase"):
+        _loader(store, phases=[(96, 8), (None, 16)])
+    with pytest.raises(DataError, match=r"not a steelforge\.tokens\.sampler\.Phase"):
+        _loader(store, phases=[{"until_tokens": None, "seq_len": 8}])
+    loader = _loader(store, phases=[Phase(2 * 6 * 8, 8), Phase(None, 16)], grad_accum=3)
+    _take(loader, 6)
+
+    def no_sampler(*args, **kwargs):
+        raise AssertionError("current_seq_len built a sampler")
+
+    monkeypatch.setattr(loader, "_new_sampler", no_sampler)
     assert loader.current_seq_len == 16 and loader.tokens_per_step == 6 * 16
 
 
@@ -193,7 +209,7 @@ def test_bad_inputs_fail_before_training(store: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="larger than source"):
         _loader(store, seq_len=100_000)
     with pytest.raises(DataError, match="strictly increasing"):
-        _loader(store, phases=[(1000, 8), (500, 16)])
+        _loader(store, phases=[Phase(1000, 8), Phase(500, 16)])
     with pytest.raises(DataError, match="not a token store"):
         _loader(tmp_path)
     # a shard changed between checkpoint and resume (same size): the md5 check on resume names it

@@ -52,7 +52,7 @@ def test_write_then_read_gives_back_every_document(tmp_path: Path, shard_tokens:
     )
     store = TokenStore(tmp_path / "s")
     raw = json.loads((tmp_path / "s" / MANIFEST).read_text())
-    assert raw["format"] == "steelforge-token-store" and raw["version"] == 1 and raw["dtype"] == "uint32"
+    assert raw["format"] == "steelforge-token-store" and raw["version"] == 2 and raw["dtype"] == "uint32"
     assert raw["tokenizer"] == {"name": "tiny", "fingerprint": "fp"}
     for source, shards in store.sources().items():
         # every shard but the last is exactly shard_tokens long; the raw file is little-endian uint32

@@ -56,3 +56,60 @@ def test_reference_recipes_load_with_paper_settings() -> None:
     assert moxin.phases is not None and len(moxin.phases) == 3
     assert [p.seq_len for p in moxin.phases] == [2048, 4096, 4096]
     assert moxin.schedule.min_lr_ratio == 0.1 and moxin.optim.weight_decay == 0.1
+
+
+def test_data_parallel_none_under_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steelforge.errors import RecipeError
+    from steelforge.train.config import ParallelConfig
+    from steelforge.train.distributed import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RecipeError, match="unsynchronised copies"):
+        init_distributed(ParallelConfig(data_parallel="none"))
+
+
+def test_attention_is_one_setting() -> None:
+    from steelforge.errors import RecipeError
+    from steelforge.models.config import ModelSpec
+    from steelforge.train.config import PretrainConfig
+    from steelforge.train.pretrain import model_spec_with_attention
+
+    default = ModelSpec(preset="tiny-steel")
+    assert model_spec_with_attention(default, PretrainConfig()).attn_implementation == "sdpa"
+    eager = PretrainConfig.model_validate({"speed": {"attention": "eager"}})
+    assert model_spec_with_attention(default, eager).attn_implementation == "eager"
+    assert model_spec_with_attention(ModelSpec(preset="tiny-steel", attn_implementation="eager"), eager)
+    with pytest.raises(RecipeError, match="disagree"):
+        model_spec_with_attention(ModelSpec(preset="tiny-steel", attn_implementation="sdpa"), eager)
+    model_only = ModelSpec(preset="tiny-steel", attn_implementation="eager")
+    assert model_spec_with_attention(model_only, PretrainConfig()).attn_implementation == "eager"
+
+
+def test_flash_attention_without_cuda_or_package_is_refused() -> None:
+    import torch
+
+    from steelforge.errors import RecipeError
+    from steelforge.train.distributed import check_attention, set_attention
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal path is for CPU machines")
+    with pytest.raises(RecipeError, match="needs a CUDA GPU"):
+        check_attention("flash_attention_2")
+    with pytest.raises(RecipeError, match="not one of"):
+        check_attention("flash3")
+    from _dist_helpers import tiny_qwen2
+
+    model = tiny_qwen2()
+    set_attention(model, "eager")
+    assert model.config._attn_implementation == "eager"
+
+
+def test_peak_flops_source_is_named() -> None:
+    import torch
+
+    from steelforge.train.metrics import resolve_peak_flops
+
+    assert resolve_peak_flops("cpu", torch.bfloat16, 123.0) == (123e12, "recipe value (pretrain.peak_tflops)")
+    peak, source = resolve_peak_flops("cpu", torch.bfloat16)
+    assert peak > 0 and source.startswith("measured") and "GEMM on cpu" in source

@@ -133,6 +133,7 @@ class SteelSoftMoE(nn.Module):
         x: torch.Tensor,
         cache: Cache | None = None,
         token_mask: torch.Tensor | None = None,
+        doc_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
         phi = self.scale * F.normalize(self.phi, dim=0)
@@ -141,7 +142,7 @@ class SteelSoftMoE(nn.Module):
             return self._sequence(x, logits)
         if self.dispatch == "token":
             return self._token(x, logits)
-        return self._causal(x, logits, cache, token_mask)
+        return self._causal(x, logits, cache, token_mask, doc_starts)
 
     def _sequence(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Released Steel-LLM behaviour: dispatch softmax over the tokens of this call, combine over all slots."""
@@ -164,8 +165,12 @@ class SteelSoftMoE(nn.Module):
         logits: torch.Tensor,
         cache: Cache | None,
         token_mask: torch.Tensor | None,
+        doc_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Slot inputs at position t: softmax over positions <= t, as running sums carried across calls.
+
+        With `doc_starts` (packed documents: True where a document starts) the sums restart at every
+        document, so a packed document computes what it computes alone.
 
         |logit| <= |scale| because tokens and slot keys are unit vectors, so subtracting |scale| bounds every
         exponent in [-2|scale|, 0]: stable without a data-dependent max, which keeps each prefix exactly
@@ -179,7 +184,9 @@ class SteelSoftMoE(nn.Module):
             weights = weights * token_mask.to(weights.dtype).unsqueeze(-1)
         states = softmoe_states(cache)
         prev = states.get(self.layer_idx) if states is not None else None
-        slot_inputs, last = _prefix_mixtures(weights, x, prev)  # [s, b, t, d]
+        if doc_starts is not None and prev is not None:
+            raise ValueError("packed documents (restarting position_ids) cannot continue a cached Soft-MoE state")
+        slot_inputs, last = _prefix_mixtures(weights, x, prev, starts=doc_starts)  # [s, b, t, d]
         if states is not None:
             states[self.layer_idx] = (last[0].detach(), last[1].detach())
         slot_inputs = slot_inputs.to(x.dtype)
@@ -199,6 +206,7 @@ def _prefix_mixtures(
     x: torch.Tensor,
     prev: tuple[torch.Tensor, torch.Tensor] | None,
     block: int = PREFIX_BLOCK,
+    starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Normalised prefix mixtures sum_{u<=t} w[u,s] x[u] / sum_{u<=t} w[u,s], blockwise, in fp32.
 
@@ -207,7 +215,11 @@ def _prefix_mixtures(
     Within a block of `block` positions the mixture is one lower-triangular matmul; across blocks only the
     block totals are cumulated. That is a few GEMMs instead of materialising w[u,s] * x[u] and its running
     sum over [b, t, s, d], and a position still reads nothing after itself (the triangle is exact zeros).
+    `starts` [b, t] (bool, True where a packed document starts) restarts the sums there: see
+    `_segmented_prefix_mixtures`.
     """
+    if starts is not None:
+        return _segmented_prefix_mixtures(weights, x, starts, block)
     batch, seq, slots = weights.shape
     dim = x.shape[-1]
     with torch.autocast(x.device.type, enabled=False):
@@ -241,6 +253,69 @@ def _prefix_mixtures(
     return out, (last_numer, last_denom)
 
 
+def _segmented_prefix_mixtures(
+    weights: torch.Tensor, x: torch.Tensor, starts: torch.Tensor, block: int = PREFIX_BLOCK
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """`_prefix_mixtures` whose sums restart at every `starts` position (packed documents).
+
+    Inside a block, position t reads u <= t of its own document (triangle AND same document). Across blocks,
+    the carry into block k is the running sum of the document open at the end of block k-1: that block's
+    tail (its tokens of that document) plus, when the document began before block k-1, the carry into k-1.
+    Only positions of block k still in that document (no start at or before them in the block) add it.
+    """
+    batch, seq, slots = weights.shape
+    dim = x.shape[-1]
+    with torch.autocast(x.device.type, enabled=False):
+        xf = x.float()
+        c = min(block, seq)
+        pad = -seq % c
+        starts = starts.bool()
+        if pad:
+            weights = F.pad(weights, (0, 0, 0, pad))
+            xf = F.pad(xf, (0, 0, 0, pad))
+            starts = F.pad(starts, (0, pad))
+        nb = (seq + pad) // c
+        w = weights.view(batch, nb, c, slots).permute(3, 0, 1, 2)  # [s, b, nb, c]
+        xb = xf.view(batch, nb, c, dim)  # [b, nb, c, d]
+        doc = torch.cumsum(starts.long(), dim=1).view(batch, nb, c)  # document index of every position
+        sb = starts.view(batch, nb, c)
+        tri = torch.ones(c, c, dtype=torch.bool, device=x.device).tril()
+        same = (doc.unsqueeze(-1) == doc.unsqueeze(-2)) & tri  # [b, nb, c(t), c(u)]
+        samef = same.to(w.dtype)
+        denom_in = torch.matmul(samef, w.unsqueeze(-1)).squeeze(-1)  # [s, b, nb, c]
+        tail_w = w * samef[..., -1, :]  # weights of the document open at the block's end
+        tail_numer = torch.matmul(tail_w.unsqueeze(-2), xb).squeeze(-2)  # [s, b, nb, d]
+        tail_denom = tail_w.sum(-1)  # [s, b, nb]
+        fresh = sb.any(-1)  # [b, nb]: a document starts inside the block
+        carry_numer = torch.zeros_like(tail_numer)
+        carry_denom = torch.zeros_like(tail_denom)
+        for k in range(1, nb):
+            keep = (~fresh[:, k - 1]).to(w.dtype)  # [b]
+            carry_numer[:, :, k] = tail_numer[:, :, k - 1] + keep.unsqueeze(-1) * carry_numer[:, :, k - 1]
+            carry_denom[:, :, k] = tail_denom[:, :, k - 1] + keep * carry_denom[:, :, k - 1]
+        inherit = (torch.cumsum(sb.long(), dim=-1) == 0).to(w.dtype)  # [b, nb, c]
+        inv = (denom_in + inherit * carry_denom.unsqueeze(-1)).clamp_min(1e-30).reciprocal()
+        mix = samef * w.unsqueeze(-2) * inv.unsqueeze(-1)  # [s, b, nb, c(t), c(u)]
+        out = torch.matmul(mix, xb)
+        out = out + (inv * inherit).unsqueeze(-1) * carry_numer.unsqueeze(-2)
+        out = out.reshape(slots, batch, nb * c, dim)[:, :, :seq]
+        keep_last = (~fresh[:, -1]).to(w.dtype)
+        last_numer = (tail_numer[:, :, -1] + keep_last.unsqueeze(-1) * carry_numer[:, :, -1]).transpose(0, 1)
+        last_denom = (tail_denom[:, :, -1] + keep_last * carry_denom[:, :, -1]).transpose(0, 1)
+    return out, (last_numer, last_denom)
+
+
+def packed_doc_starts(position_ids: torch.Tensor | None, seq: int) -> torch.Tensor | None:
+    """True where a packed document starts (position_ids not continuing the previous position), or None when
+    every row is one run of positions (the usual unpacked case, left on the unsegmented path)."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[-1] != seq or seq < 2:
+        return None
+    restart = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    if not bool(restart.any()):
+        return None
+    return F.pad(restart, (1, 0))
+
+
 class SteelDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x)); the FFN is dense or Soft-MoE."""
 
@@ -264,6 +339,7 @@ class SteelDecoderLayer(GradientCheckpointingLayer):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         token_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
+        doc_starts: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
         # (called with the installed transformers' name, which its gradient checkpointing clears)
@@ -282,7 +358,7 @@ class SteelDecoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         hidden_states = self.post_attention_layernorm(hidden_states)
         if isinstance(self.mlp, SteelSoftMoE):
-            hidden_states = self.mlp(hidden_states, cache=cache, token_mask=token_mask)
+            hidden_states = self.mlp(hidden_states, cache=cache, token_mask=token_mask, doc_starts=doc_starts)
         else:
             hidden_states = self.mlp(hidden_states)
         return residual + hidden_states
@@ -409,6 +485,9 @@ class SteelModel(SteelPreTrainedModel):
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        # packed documents: Soft-MoE prefix sums restart where position_ids restart (attention gets its
+        # block-diagonal mask from the same position_ids through transformers' masking utilities)
+        doc_starts = packed_doc_starts(position_ids, inputs_embeds.shape[1])
         all_hidden_states: tuple[torch.Tensor, ...] = ()
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if output_hidden_states:
@@ -420,6 +499,7 @@ class SteelModel(SteelPreTrainedModel):
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
                 token_mask=token_mask,
+                doc_starts=doc_starts,
                 **{CACHE_KW: cache},
                 **kwargs,
             )
