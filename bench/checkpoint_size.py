@@ -1,4 +1,4 @@
-"""What one tiny-steel checkpoint stores (bench/RESULTS_safety.md).
+"""What one tiny-steel checkpoint stores (bench/RESULTS.md).
 
     PYTHONPATH=. python bench/checkpoint_size.py /tmp/ckd
 """

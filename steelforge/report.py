@@ -284,9 +284,13 @@ def eval_effect(recipe: Any) -> dict[str, Any] | None:
     """Accuracy per model and task from the eval stage's results files."""
     folder = recipe.stage_dir("eval")
     table: dict[str, dict[str, float]] = {}
-    for path in sorted(folder.glob("*/results.json")):
+    names = list(recipe.eval.models) or sorted(p.parent.name for p in folder.glob("*/results.json"))
+    for name in names:  # in the recipe's order: the first is the baseline, the last the final model
+        path = folder / name / "results.json"
+        if not path.is_file():
+            continue
         results = json.loads(path.read_text(encoding="utf-8"))
-        table[path.parent.name] = {
+        table[name] = {
             task: float(r.get("accuracy", float("nan"))) for task, r in results.get("tasks", {}).items()
         }
     return table or None

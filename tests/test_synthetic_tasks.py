@@ -47,18 +47,23 @@ def test_sizes_and_no_heldout_prompt_in_training(tmp_path: Path) -> None:
 def test_answers_are_correct(tmp_path: Path) -> None:
     paths = write_task_files(tmp_path, **SMALL)
     for row in _jsonl(paths["grpo_train"]):
-        a, b = map(int, re.findall(r"\d+", row["messages"][0]["content"]))
-        assert int(row["answer"]) == a + b
+        number = int(re.findall(r"\d+", row["messages"][0]["content"])[0])
+        assert int(row["answer"]) == number % 10
     for row in _jsonl(paths["dpo_train"]):
         assert row["chosen"] != row["rejected"]
-        prompt = row["prompt"][0]["content"]
-        numbers = list(map(int, re.findall(r"\d+", prompt)))
-        chosen = row["chosen"][0]["content"]
-        if "+" in prompt or "plus" in prompt or "加" in prompt:
-            assert str(sum(numbers)) in chosen
+        prompt, chosen = row["prompt"][0]["content"], row["chosen"][0]["content"]
+        if "奇数" in prompt or "odd" in prompt:
+            odd = int(re.findall(r"\d+", prompt)[0]) % 2 == 1
+            assert chosen in (("奇数。", "Odd.") if odd else ("偶数。", "Even."))
+        if "个位" in prompt or "digit" in prompt:
+            assert str(int(re.findall(r"\d+", prompt)[0]) % 10) in chosen
+        if "city or a river" in prompt or "城市还是" in prompt:
+            name = prompt.split("是")[0] if "城市还是" in prompt else prompt.split()[1]
+            city = name[-1] in "市城"
+            assert chosen in (("城市。", "A city.") if city else ("河流。", "A river."))
     for row in _jsonl(paths["gsm8k_test"]):
-        a, b = map(int, re.findall(r"\d+", row["question"])[:2])
-        assert row["answer"].endswith(f"#### {a + b}")
+        number = int(re.findall(r"\d+", row["question"])[0])
+        assert row["answer"].endswith(f"#### {number % 10}")
 
 
 def test_eval_files_follow_the_published_layouts(tmp_path: Path) -> None:
@@ -71,9 +76,9 @@ def test_eval_files_follow_the_published_layouts(tmp_path: Path) -> None:
         for row in rows[1:]:
             options, answer = row[2:6], row[6]
             assert len(set(options)) == 4 and answer in "ABCD"
-            if subject == "demo_arithmetic":
-                a, b = map(int, re.findall(r"\d+", row[1]))
-                assert options["ABCD".index(answer)] == str(a + b)
+            if subject == "demo_parity":
+                number = int(re.findall(r"\d+", row[1])[0])
+                assert options["ABCD".index(answer)] == ("偶数" if number % 2 == 0 else "奇数")
         with paths[f"ceval_val_{subject}"].open(encoding="utf-8") as handle:
             header = next(csv.reader(handle))
         assert header == ["id", "question", "A", "B", "C", "D", "answer"]

@@ -1,15 +1,15 @@
 """Demo data for every stage after pretraining, generated from a seed like the demo corpus.
 
 The demo must show each stage doing its job on a CPU in minutes, with no data of the user's own and nothing
-copied from elsewhere. So the tasks here are small and checkable, and they speak about the same things the
-pretraining corpus teaches (`synthetic.py`: arithmetic written out as `a+b=c`, word problems with their worked
-answers), in Chinese and English (about 80/20, as Steel-LLM's SFT mix):
+copied from elsewhere. So the tasks here are small and checkable, use the corpus's vocabulary (`synthetic.py`:
+invented city and river names, numbers), and follow rules that a tiny model can learn from a few hundred examples
+and apply to prompts it never saw; Chinese and English are mixed about 80/20, as in Steel-LLM's SFT mix:
 
-- `sft`: conversations (OpenAI `messages`, some with a system prompt, some multi-turn) for three families whose
-  answers follow from the question: addition of small numbers, repeating a word, the next number;
-- `dpo`: preference pairs on the same families: the correct answer against a wrong sum, a wrong repetition or an
-  unhelpful reply;
-- `grpo`: prompts with a verifiable numeric `answer` (addition), for an outcome reward;
+- `sft`: conversations (OpenAI `messages`, some with a system prompt, some multi-turn) for four families whose
+  answers follow a rule: who the model is, whether a name is a city or a river, whether a number is odd, a
+  number's last digit;
+- `dpo`: preference pairs on the same families: the correct answer against a wrong one or an unhelpful reply;
+- `grpo`: last-digit prompts with a verifiable numeric `answer`, for an outcome reward;
 - `eval`: multiple-choice items in the published CMMLU (`{dev,test}/{subject}.csv` + `subjects.json`) and C-Eval
   (`{dev,val}/{subject}_{split}.csv`) layouts, and a GSM8K-style generation set (`question`, `answer` ending in
   `#### n`), so that `steelforge eval` reads them unchanged.
@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import Field
 
-from steelforge.clean.synthetic import _EN_KIDS, _EN_OBJECTS, _ZH_KIDS, _ZH_OBJECTS, _ZH_SYLLABLES, _en_word
+from steelforge.clean.synthetic import _EN_KIDS, _ZH_KIDS, _ZH_SYLLABLES
 from steelforge.config_base import StrictModel
 from steelforge.reporting import StageReport
 
@@ -42,51 +42,72 @@ SYSTEM_EN = "You are a helpful assistant."
 ZH_SHARE = 0.8
 
 # Eval subjects in the CMMLU/C-Eval layouts: handle -> Chinese name (what the official prompts put in).
-EVAL_SUBJECTS: dict[str, str] = {"demo_arithmetic": "算术", "demo_sequences": "数列"}
+EVAL_SUBJECTS: dict[str, str] = {"demo_parity": "数的奇偶", "demo_places": "地名"}
 
 
 # ---- task families --------------------------------------------------------------------------------
-def _addition(rng: random.Random, zh: bool) -> tuple[str, str, int]:
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    s = a + b
+# Each family's answer follows from a rule a small model can pick up from a few hundred examples and apply to
+# prompts it never saw: who it is (a fixed answer to many phrasings), what a name denotes (its last character:
+# 市/城 a city, 河/江 a river, as in the corpus), whether a number is odd (its last digit), and a number's last
+# digit. Each returns (question, answer, value), `value` being what a verifier checks.
+IDENTITY_ZH = "我是钢铁炉演示模型，一个在CPU上训练的小模型。"
+IDENTITY_EN = "I am the steelforge demo model, a small model trained on a CPU."
+_ASK_ZH = ("你是谁", "你叫什么名字", "介绍一下你自己", "你是什么模型", "说说你是谁", "你是哪个模型")
+_ASK_EN = (
+    "Who are you",
+    "What is your name",
+    "Introduce yourself",
+    "What model are you",
+    "Tell me who you are",
+)
+_LEAD_ZH = ("", "请问", "你好，", "能告诉我", "我想知道", "打扰一下，")
+_LEAD_EN = ("", "Hello! ", "Please, ", "Quick question: ", "Hi, ")
+
+
+def _identity(rng: random.Random, zh: bool) -> tuple[str, str, str]:
     if zh:
-        question = rng.choice((f"{a}+{b}等于多少？", f"计算{a}加{b}。", f"请算一算：{a}+{b}=?"))
-        return question, f"{a}+{b}={s}，答案是{s}。", s
-    question = rng.choice((f"What is {a} plus {b}?", f"Compute {a} + {b}.", f"Please work out {a}+{b}."))
-    return question, f"{a} + {b} = {s}. The answer is {s}.", s
+        return rng.choice(_LEAD_ZH) + rng.choice(_ASK_ZH) + rng.choice("？?。"), IDENTITY_ZH, "identity"
+    return rng.choice(_LEAD_EN) + rng.choice(_ASK_EN) + rng.choice("?."), IDENTITY_EN, "identity"
 
 
-def _word(rng: random.Random) -> str:
-    return "".join(rng.choice(_ZH_SYLLABLES) for _ in range(rng.randint(1, 3)))
-
-
-def _repeat(rng: random.Random, zh: bool) -> tuple[str, str, str]:
+def _category(rng: random.Random, zh: bool) -> tuple[str, str, str]:
+    city = rng.random() < 0.5
+    name = "".join(rng.choice(_ZH_SYLLABLES) for _ in range(2)) + rng.choice("市城" if city else "河江")
     if zh:
-        word = _word(rng)
-        return rng.choice((f"请把“{word}”重复两遍。", f"把“{word}”连着写两次。")), f"{word}{word}", word
-    word = _en_word(rng, rng.randint(1, 2)).lower()
-    return rng.choice((f"Repeat the word {word} twice.", f"Say {word} two times.")), f"{word} {word}", word
+        question = rng.choice((f"{name}是城市还是河流？", f"{name}是一座城市还是一条河？"))
+        return question, "城市。" if city else "河流。", "city" if city else "river"
+    return f"Is {name} a city or a river?", "A city." if city else "A river.", "city" if city else "river"
 
 
-def _next_number(rng: random.Random, zh: bool) -> tuple[str, str, int]:
-    n = rng.randint(0, 98)
+def _parity(rng: random.Random, zh: bool) -> tuple[str, str, str]:
+    n = rng.randint(10, 9999)
+    odd = n % 2 == 1
     if zh:
         return (
-            rng.choice((f"{n}的下一个数是几？", f"{n}后面的数是多少？")),
-            f"{n}的下一个数是{n + 1}。",
-            n + 1,
+            rng.choice((f"{n}是奇数还是偶数？", f"{n}是单数还是双数？")),
+            "奇数。" if odd else "偶数。",
+            "odd" if odd else "even",
         )
+    return f"Is {n} odd or even?", "Odd." if odd else "Even.", "odd" if odd else "even"
+
+
+def _last_digit(rng: random.Random, zh: bool) -> tuple[str, str, int]:
+    n = rng.randint(10, 99999)
+    d = n % 10
+    if zh:
+        return rng.choice((f"{n}的个位数是几？", f"{n}的个位是多少？")), f"个位数是{d}。", d
     return (
-        rng.choice((f"What number comes after {n}?", f"What is the next number after {n}?")),
-        (f"The number after {n} is {n + 1}."),
-        n + 1,
+        rng.choice((f"What is the last digit of {n}?", f"Which digit does {n} end with?")),
+        f"The last digit is {d}.",
+        d,
     )
 
 
 _FAMILIES: tuple[Callable[[random.Random, bool], tuple[str, str, Any]], ...] = (
-    _addition,
-    _repeat,
-    _next_number,
+    _identity,
+    _category,
+    _parity,
+    _last_digit,
 )
 
 
@@ -146,13 +167,20 @@ def sft_conversations(n: int, rng: random.Random, unique: _Unique) -> list[Examp
 
 
 # ---- DPO ------------------------------------------------------------------------------------------
+_WRONG = {
+    "city": ("河流。", "A river."), "river": ("城市。", "A city."), "odd": ("偶数。", "Even."), "even": ("奇数。", "Odd."),
+}  # fmt: skip
+
+
 def _rejected(rng: random.Random, question: str, answer: str, value: Any, zh: bool) -> str:
-    if isinstance(value, int) and rng.random() < 0.7:
-        wrong = value + rng.choice((-3, -2, -1, 1, 2, 3))
-        return answer.replace(str(value), str(max(wrong, 0) if wrong != value else value + 1))
-    if isinstance(value, str) and rng.random() < 0.6:
-        return value  # said once instead of twice
-    return "我不知道。" if zh else "I don't know."
+    """A wrong answer (the other category, the other parity, another digit, a wrong identity) or an unhelpful one."""
+    if rng.random() < 0.25:
+        return "我不知道。" if zh else "I don't know."
+    if isinstance(value, int):
+        return answer.replace(str(value), str((value + rng.randint(1, 9)) % 10))
+    if value in _WRONG:
+        return _WRONG[value][0 if zh else 1]
+    return "我是一个人类。" if zh else "I am a human."
 
 
 def preference_pairs(n: int, rng: random.Random, unique: _Unique) -> list[Example]:
@@ -178,10 +206,10 @@ def preference_pairs(n: int, rng: random.Random, unique: _Unique) -> list[Exampl
 
 # ---- GRPO -----------------------------------------------------------------------------------------
 def rl_prompts(n: int, rng: random.Random, unique: _Unique) -> list[Example]:
-    """Addition prompts with a verifiable `answer` (the number), asking for the answer in a fixed phrase."""
+    """Last-digit prompts with a verifiable numeric `answer`, for an outcome reward."""
     out: list[Example] = []
     while len(out) < n:
-        item = _draw(rng, unique, families=(_addition,))
+        item = _draw(rng, unique, families=(_last_digit,))
         if item is None:
             break
         question, _, value, zh = item
@@ -196,60 +224,55 @@ def rl_prompts(n: int, rng: random.Random, unique: _Unique) -> list[Example]:
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
-def _choices(rng: random.Random, correct: int) -> tuple[list[str], str]:
-    options = {correct}
-    while len(options) < 4:
-        options.add(max(0, correct + rng.choice((-3, -2, -1, 1, 2, 3, 4))))
-    ordered = sorted(options)
-    rng.shuffle(ordered)
-    return [str(v) for v in ordered], "ABCD"[ordered.index(correct)]
+_MC = {
+    "demo_parity": ("奇数", "偶数", "质数", "分数"),
+    "demo_places": ("城市", "河流", "山峰", "人物"),
+}
 
 
 def mc_items(subject: str, n: int, rng: random.Random, unique: _Unique) -> list[dict[str, str]]:
-    """Multiple-choice items (Question, A–D, Answer) for one demo subject."""
+    """Multiple-choice items (Question, A–D, Answer) for one demo subject, options in a shuffled order."""
     items: list[dict[str, str]] = []
-    while len(items) < n:
-        if subject == "demo_arithmetic":
-            a, b = rng.randint(0, 9), rng.randint(0, 9)
-            question, correct = f"{a}+{b}等于多少？", a + b
+    while len(items) < n and len(unique.seen) < 100_000:
+        if subject == "demo_parity":
+            number = rng.randint(10, 9999)
+            question, correct = f"{number}是奇数还是偶数？", _MC[subject][number % 2 == 0]
         else:
-            start, step = rng.randint(0, 40), rng.randint(1, 5)
-            seq = [start + i * step for i in range(4)]
-            question, correct = f"数列{'，'.join(map(str, seq))}的下一个数是几？", start + 4 * step
+            city = rng.random() < 0.5
+            name = "".join(rng.choice(_ZH_SYLLABLES) for _ in range(2)) + rng.choice(
+                "市城" if city else "河江"
+            )
+            question, correct = f"{name}是什么地方？", _MC[subject][0 if city else 1]
         if question in unique.seen:
-            if len(unique.seen) > 10_000:
-                break
             continue
         unique.seen.add(question)
-        options, letter = _choices(rng, correct)
+        options = list(_MC[subject])
+        rng.shuffle(options)
         items.append(
             {
                 "Question": question,
-                "A": options[0],
-                "B": options[1],
-                "C": options[2],
-                "D": options[3],
-                "Answer": letter,
+                **dict(zip("ABCD", options, strict=True)),
+                "Answer": "ABCD"[options.index(correct)],
             }
         )
     return items
 
 
 def word_problems(n: int, rng: random.Random, unique: _Unique) -> list[Example]:
-    """GSM8K-style problems: `question` and an `answer` with the working and a final `#### n` line."""
+    """GSM8K-layout items: `question` and an `answer` with the working and a final `#### n` line."""
     out: list[Example] = []
     while len(out) < n:
         zh = rng.random() < ZH_SHARE
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        number = rng.randint(10, 99999)
+        digit = number % 10
         if zh:
             kid = rng.choice(_ZH_KIDS)
-            unit, noun = rng.choice(_ZH_OBJECTS)
-            question = f"{kid}有{a}{unit}{noun}，又买了{b}{unit}，现在有几{unit}？"
-            answer = f"{a}+{b}={a + b}，现在有{a + b}{unit}。\n#### {a + b}"
+            question = f"{kid}家的门牌号是{number}，门牌号的个位数是几？"
+            answer = f"{number}的个位数是{digit}。\n#### {digit}"
         else:
-            kid, obj = rng.choice(_EN_KIDS), rng.choice(_EN_OBJECTS)
-            question = f"{kid} has {a} {obj} and gets {b} more. How many {obj} does {kid} have now?"
-            answer = f"{a} + {b} = {a + b}, so {kid} has {a + b} {obj}.\n#### {a + b}"
+            kid = rng.choice(_EN_KIDS)
+            question = f"{kid} lives at number {number}. What is the last digit of the house number?"
+            answer = f"The last digit of {number} is {digit}.\n#### {digit}"
         if question in unique.seen:
             continue
         unique.seen.add(question)
