@@ -147,6 +147,6 @@ def test_demo_task_files_evaluate(tmp_path, tiny_qwen2, qwen_tok):
     opts = EvalOptions(tasks=["gsm8k"], data_dir=data, num_fewshot=0, max_new_tokens=4, on_error="stop")
     assert evaluate(tiny_qwen2, qwen_tok, opts, show_progress=False)["tasks"]["gsm8k"]["n"] == 2
     first = json.loads((tmp_path / "o" / "samples" / "cmmlu.jsonl").read_text().splitlines()[0])
-    assert first["prompt"].startswith("以下是关于算术的单项选择题") or first["prompt"].startswith(
-        "以下是关于数列的单项选择题"
+    assert first["prompt"].startswith("以下是关于数的奇偶的单项选择题") or first["prompt"].startswith(
+        "以下是关于地名的单项选择题"
     )
