@@ -16,6 +16,7 @@ import glob
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ class ReportConfig(StrictModel):
         True, description="Export the last trained model to <out_dir>/release and load it plainly."
     )
     chat_prompts: list[str] = Field(
-        default_factory=lambda: ["3+4等于多少？", "请把“安宁”重复两遍。", "What number comes after 41?"],
+        default_factory=lambda: ["你是谁？", "青云河是城市还是河流？", "Is 37 odd or even?"],
         description="Prompts answered through `steelforge chat --prompt` with the released model.",
     )
 
@@ -102,10 +103,11 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
 
 
 # ---- per-stage effects ----------------------------------------------------------------------------
+# What an injected noise leaves in a kept document if its mapper missed it (tags, not any '<': code compares).
 _NOISE_MARKERS = {
-    "html": ("<", ">"),
-    "email": ("@",),
-    "link": ("http", "www."),
+    "html": re.compile(r"</?\s*(?:html|head|body|div|p|span|script|style|title)\b", re.IGNORECASE),
+    "email": re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+"),
+    "link": re.compile(r"https?://|www\."),
 }
 
 
@@ -130,7 +132,8 @@ def clean_effect(root: Path) -> dict[str, Any] | None:
     for doc in kept:
         kind = noise_of.get(str(doc["id"]), "clean")
         rows[kind]["kept"] += 1
-        if any(marker in doc["text"] for marker in _NOISE_MARKERS.get(kind, ())):
+        marker = _NOISE_MARKERS.get(kind)
+        if marker is not None and marker.search(doc["text"]):
             rows[kind]["residue"] += 1
     for doc in rejected:
         kind = noise_of.get(str(doc["id"]), "clean")
@@ -311,7 +314,7 @@ def export_effect(recipe: Any, cfg: ReportConfig, last: Path) -> dict[str, Any] 
         f"path = {str(release)!r}\n"
         "tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
         "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)\n"
-        "ids = tok.apply_chat_template([{'role': 'user', 'content': '3+4等于多少？'}], add_generation_prompt=True,"
+        "ids = tok.apply_chat_template([{'role': 'user', 'content': '你是谁？'}], add_generation_prompt=True,"
         " return_tensors='pt', return_dict=True)\n"
         "out = model.generate(**ids, max_new_tokens=24, do_sample=False)\n"
         "new = out[0, ids['input_ids'].shape[1]:].tolist()\n"
@@ -511,7 +514,7 @@ def render(findings: dict[str, Any], root: Path) -> str:
         summary.append(("export", "loads with plain transformers", "—", "yes" if ok else "no", "—"))
         lines += ["## Export", "", f"`{export['release']}`: {export['parameters']:,} parameters, files: {', '.join(export['files'])}.",
                   f"Loaded in a separate `python -I` process with steelforge blocked: **{'yes' if ok else 'no'}**; greedy answer to "
-                  f"'3+4等于多少？': {export.get('plain_answer')!r}, ended at a stop token: {export.get('stopped_at_stop_token')}.", ""]  # fmt: skip
+                  f"'你是谁？': {export.get('plain_answer')!r}, ended at a stop token: {export.get('stopped_at_stop_token')}.", ""]  # fmt: skip
     chat = findings.get("chat")
     if chat:
         lines += ["## Chat", "", "Answers through `steelforge chat --prompt` with the released model:", ""]

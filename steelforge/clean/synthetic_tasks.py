@@ -6,10 +6,10 @@ invented city and river names, numbers), and follow rules that a tiny model can 
 and apply to prompts it never saw; Chinese and English are mixed about 80/20, as in Steel-LLM's SFT mix:
 
 - `sft`: conversations (OpenAI `messages`, some with a system prompt, some multi-turn) for four families whose
-  answers follow a rule: who the model is, whether a name is a city or a river, whether a number is odd, a
-  number's last digit;
+  answers follow a rule: who the model is, whether a name is a city or a river, whether a number is odd, its
+  remainder by 2, its last digit;
 - `dpo`: preference pairs on the same families: the correct answer against a wrong one or an unhelpful reply;
-- `grpo`: last-digit prompts with a verifiable numeric `answer`, for an outcome reward;
+- `grpo`: remainder-by-2 prompts with a verifiable numeric `answer`, for an outcome reward;
 - `eval`: multiple-choice items in the published CMMLU (`{dev,test}/{subject}.csv` + `subjects.json`) and C-Eval
   (`{dev,val}/{subject}_{split}.csv`) layouts, and a GSM8K-style generation set (`question`, `answer` ending in
   `#### n`), so that `steelforge eval` reads them unchanged.
@@ -103,11 +103,20 @@ def _last_digit(rng: random.Random, zh: bool) -> tuple[str, str, int]:
     )
 
 
+def _remainder(rng: random.Random, zh: bool) -> tuple[str, str, int]:
+    n = rng.randint(10, 9999)
+    r = n % 2
+    if zh:
+        return rng.choice((f"{n}除以2的余数是几？", f"{n}除以2余几？")), f"余数是{r}。", r
+    return f"What is the remainder of {n} divided by 2?", f"The remainder is {r}.", r
+
+
 _FAMILIES: tuple[Callable[[random.Random, bool], tuple[str, str, Any]], ...] = (
     _identity,
     _category,
     _parity,
     _last_digit,
+    _remainder,
 )
 
 
@@ -177,7 +186,8 @@ def _rejected(rng: random.Random, question: str, answer: str, value: Any, zh: bo
     if rng.random() < 0.25:
         return "我不知道。" if zh else "I don't know."
     if isinstance(value, int):
-        return answer.replace(str(value), str((value + rng.randint(1, 9)) % 10))
+        modulus = 2 if ("余" in question or "remainder" in question) else 10
+        return answer.replace(str(value), str((value + rng.randint(1, modulus - 1)) % modulus))
     if value in _WRONG:
         return _WRONG[value][0 if zh else 1]
     return "我是一个人类。" if zh else "I am a human."
@@ -206,10 +216,10 @@ def preference_pairs(n: int, rng: random.Random, unique: _Unique) -> list[Exampl
 
 # ---- GRPO -----------------------------------------------------------------------------------------
 def rl_prompts(n: int, rng: random.Random, unique: _Unique) -> list[Example]:
-    """Last-digit prompts with a verifiable numeric `answer`, for an outcome reward."""
+    """Remainder-by-2 prompts with a verifiable numeric `answer`, for an outcome reward."""
     out: list[Example] = []
     while len(out) < n:
-        item = _draw(rng, unique, families=(_last_digit,))
+        item = _draw(rng, unique, families=(_remainder,))
         if item is None:
             break
         question, _, value, zh = item
