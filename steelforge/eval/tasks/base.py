@@ -149,6 +149,24 @@ def subjects_in(folder: Path, suffix: str) -> Iterator[str]:
         yield p.name[: -len(suffix)]
 
 
+def split_subjects(
+    data_dir: Path, split: str, task: str, dataset: str, suffix: str, subjects: list[str] | None
+) -> tuple[Path, list[str]]:
+    """The split's folder and the subjects to score (`subjects`, else every `<subject><suffix>` file in it);
+    a missing folder or an empty split is one clear error."""
+    split_dir = Path(data_dir) / split
+    if not split_dir.is_dir():
+        raise TaskDataError(
+            f"{task}: {split_dir} is missing; --data-dir must hold {dataset}'s dev/ and {split}/ folders"
+        )
+    names = subjects or list(subjects_in(split_dir, suffix))
+    if not names:
+        raise TaskDataError(
+            f"{task}: {split_dir} holds no <subject>{suffix} files; an empty split cannot be scored"
+        )
+    return split_dir, names
+
+
 def warn_skip(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 

@@ -23,7 +23,7 @@ from steelforge.eval.tasks.base import (
     package_json,
     read_csv,
     require_file,
-    subjects_in,
+    split_subjects,
 )
 
 TASK = "ceval"
@@ -84,16 +84,7 @@ def load(
     split: str = "val",
 ) -> list[ChoiceItem]:
     data_dir = Path(data_dir)
-    split_dir = data_dir / split
-    if not split_dir.is_dir():
-        raise TaskDataError(
-            f"ceval: {split_dir} is missing; --data-dir must hold C-Eval's dev/ and {split}/ folders"
-        )
-    names = subjects or list(subjects_in(split_dir, f"_{split}.csv"))
-    if not names:
-        raise TaskDataError(
-            f"ceval: {split_dir} holds no <subject>_{split}.csv files; an empty split cannot be scored"
-        )
+    split_dir, names = split_subjects(data_dir, split, "ceval", "C-Eval", f"_{split}.csv", subjects)
     mapping = subject_mapping(data_dir)
     items: list[ChoiceItem] = []
     for subject in names:

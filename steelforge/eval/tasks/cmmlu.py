@@ -21,7 +21,7 @@ from steelforge.eval.tasks.base import (
     package_json,
     read_csv,
     require_file,
-    subjects_in,
+    split_subjects,
 )
 
 TASK = "cmmlu"
@@ -106,18 +106,8 @@ def load(
 ) -> list[ChoiceItem]:
     """Items of every subject (sorted, as the official loop), `limit` items per subject."""
     data_dir = Path(data_dir)
-    test_dir = data_dir / split
-    if not test_dir.is_dir():
-        raise TaskDataError(
-            f"cmmlu: {test_dir} is missing; --data-dir must hold CMMLU's dev/ and {split}/ folders"
-        )
-    found = list(subjects_in(test_dir, ".csv"))
+    test_dir, names = split_subjects(data_dir, split, "cmmlu", "CMMLU", ".csv", subjects)
     table = subject_names(data_dir)
-    names = subjects or found
-    if not names:
-        raise TaskDataError(
-            f"cmmlu: {test_dir} holds no <subject>.csv files; an empty split cannot be scored"
-        )
     items: list[ChoiceItem] = []
     for subject in names:
         test_path = require_file(test_dir / f"{subject}.csv", TASK, f"{split} split of '{subject}'")

@@ -14,14 +14,13 @@ from typing import Any
 from steelforge.eval.tasks.base import (
     LETTERS,
     ChoiceItem,
-    TaskDataError,
     chat_wrap,
     check_answers,
     limited,
     package_json,
     read_csv,
     require_file,
-    subjects_in,
+    split_subjects,
 )
 
 TASK = "mmlu"
@@ -63,16 +62,7 @@ def load(
     split: str = "test",
 ) -> list[ChoiceItem]:
     data_dir = Path(data_dir)
-    split_dir = data_dir / split
-    if not split_dir.is_dir():
-        raise TaskDataError(
-            f"mmlu: {split_dir} is missing; --data-dir must hold MMLU's dev/ and {split}/ folders"
-        )
-    names = subjects or list(subjects_in(split_dir, f"_{split}.csv"))
-    if not names:
-        raise TaskDataError(
-            f"mmlu: {split_dir} holds no <subject>_{split}.csv files; an empty split cannot be scored"
-        )
+    split_dir, names = split_subjects(data_dir, split, "mmlu", "MMLU", f"_{split}.csv", subjects)
     items: list[ChoiceItem] = []
     for subject in names:
         path = require_file(split_dir / f"{subject}_{split}.csv", TASK, f"{split} split of '{subject}'")
