@@ -390,6 +390,11 @@ def _verdict(before: float | None, after: float | None, higher_is_better: bool =
     return "improved" if better else "no improvement"
 
 
+def _row(stage: str, metric: str, before: float | None, after: float | None) -> tuple[str, str, str, str, str]:
+    """One summary row for a rate where higher is better."""
+    return (stage, metric, _pct(before), _pct(after), _verdict(before, after))
+
+
 def render(findings: dict[str, Any], root: Path) -> str:
     """REPORT.md text from the findings (and the figure files present in the run folder)."""
     lines = [
@@ -438,60 +443,29 @@ def render(findings: dict[str, Any], root: Path) -> str:
                   "![pretraining curves](pretrain/curves.png)", ""]  # fmt: skip
     sft = findings.get("sft")
     if sft:
-        summary.append(
-            (
-                "sft",
-                "exact match, held-out chat prompts",
-                _pct(sft.get("before")),
-                _pct(sft["after"]),
-                _verdict(sft.get("before"), sft["after"]),
-            )
-        )
+        summary.append(_row("sft", "exact match, held-out chat prompts", sft.get("before"), sft["after"]))
         lines += ["## SFT", "", f"Greedy exact match on {sft['heldout_prompts']} held-out prompts: before {_pct(sft.get('before'))}, "
                   f"after **{_pct(sft['after'])}**.", "", "![SFT curves](sft/curves.png)", ""]  # fmt: skip
     dpo = findings.get("dpo")
     if dpo:
-        summary.append(
-            (
-                "dpo",
-                "reward accuracy, held-out pairs",
-                _pct(dpo["reward_accuracy_before"]),
-                _pct(dpo["reward_accuracy_after"]),
-                _verdict(dpo["reward_accuracy_before"], dpo["reward_accuracy_after"]),
-            )
-        )
+        summary.append(_row("dpo", "reward accuracy, held-out pairs", dpo["reward_accuracy_before"], dpo["reward_accuracy_after"]))
         lines += ["## DPO", "", f"On {dpo['heldout_pairs']} held-out pairs: reward accuracy (β-scaled log-ratio margin > 0 against the SFT "
                   f"reference) **{_pct(dpo['reward_accuracy_after'])}** (mean margin {dpo['reward_margin_after']:.3f}); the model gives the chosen "
                   f"answer the higher log-probability in {_pct(dpo['prefers_chosen_before'])} of pairs before DPO and "
                   f"**{_pct(dpo['prefers_chosen_after'])}** after.", "", "![DPO curves](dpo/curves.png)", ""]  # fmt: skip
     grpo = findings.get("grpo")
     if grpo:
-        summary.append(
-            (
-                "grpo",
-                "mean reward, held-out prompts",
-                _pct(grpo.get("before")),
-                _pct(grpo["after"]),
-                _verdict(grpo.get("before"), grpo["after"]),
-            )
-        )
+        summary.append(_row("grpo", "mean reward, held-out prompts", grpo.get("before"), grpo["after"]))
         lines += ["## GRPO", "", f"Mean reward of greedy answers on {grpo['heldout_prompts']} held-out prompts: before {_pct(grpo.get('before'))}, "
                   f"after **{_pct(grpo['after'])}**.", "", "![reward](grpo/reward.png)", ""]  # fmt: skip
     table = findings.get("eval")
     if table:
         tasks = sorted({t for r in table.values() for t in r})
-        base, final = table.get("base"), table.get(list(table)[-1])
-        for task in tasks:
-            if base is not None and final is not None:
-                summary.append(
-                    (
-                        "eval",
-                        f"{task} accuracy ({list(table)[-1]} vs base)",
-                        _pct(base.get(task)),
-                        _pct(final.get(task)),
-                        _verdict(base.get(task), final.get(task)),
-                    )
-                )
+        names = list(table)  # the recipe's order: the baseline first, the final model last
+        first, last = names[0], names[-1]
+        base, final = table[first], table[last]
+        if len(table) > 1:
+            summary += [_row("eval", f"{t} accuracy ({last} vs {first})", base.get(t), final.get(t)) for t in tasks]
         lines += [
             "## Evaluation",
             "",

@@ -225,3 +225,14 @@ __all__ = [
     "remove_tree",
     "staged_dir",
 ]
+
+
+def trained_stage_complete(recipe: Any, stage: str, done_file: str) -> bool:
+    """True when a training stage ran to its end for this very recipe: its marker (written after the final
+    export) names the recipe's fingerprint and the `hf/` export exists."""
+    out = recipe.stage_dir(stage)
+    try:
+        done = json.loads((out / done_file).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return done.get("recipe_hash") == recipe.fingerprint() and (out / "hf").is_dir()

@@ -414,14 +414,9 @@ def plot_rewards(records: list[dict[str, float]], path: Path) -> Path | None:
 # ---- stage API -----------------------------------------------------------------------------------
 def grpo_complete(recipe: Any) -> bool:
     """True when this recipe's GRPO already ran to its end (marker written after the final export)."""
-    marker = recipe.stage_dir("grpo") / DONE_FILE
-    if not marker.is_file():
-        return False
-    try:
-        done = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return done.get("recipe_hash") == recipe.fingerprint() and (recipe.stage_dir("grpo") / "hf").is_dir()
+    from steelforge.stage import trained_stage_complete
+
+    return trained_stage_complete(recipe, "grpo", DONE_FILE)
 
 
 def model_source(recipe: Any, cfg: GRPOConfig) -> tuple[Any, str | None]:
@@ -461,11 +456,12 @@ def run_grpo(recipe: Any) -> StageReport:
     from steelforge.posttrain.prompts import load_prompts
     from steelforge.posttrain.rollout import choose_backend
     from steelforge.tokenizers import load_tokenizer
-    from steelforge.train.checkpoint import Checkpointer, StopSignal
+    from steelforge.train.checkpoint import Checkpointer
     from steelforge.train.distributed import init_distributed, parallelize
-    from steelforge.train.engine import Trainer, TrainerConfig
+    from steelforge.train.engine import TrainerConfig
     from steelforge.train.metrics import MetricsLogger
     from steelforge.train.optim import build_optimizer, build_scheduler
+    from steelforge.train.trainer import fit_until_stopped
 
     cfg: GRPOConfig = recipe.grpo
     out = recipe.stage_dir("grpo")
@@ -545,29 +541,22 @@ def run_grpo(recipe: Any) -> StageReport:
         f"grpo: {len(prompts):,} prompts ({sum(prompts.dropped.values()):,} dropped: "
         f"{dict(prompts.dropped) or 'none'}), G={cfg.num_generations}, backend {backend.name}"
     )
-    try:
-        with StopSignal() as stop:
-            trainer = Trainer(
-                model,
-                grpo_objective(cfg),
-                batches,
-                trainer_cfg,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                checkpointer=checkpointer,
-                metrics=metrics,
-                state_objects={"rollouts": batches},
-                eval_fn=eval_fn,
-                export_fn=export,
-                stop_signal=stop,
-                tokens_per_step=batches.tokens_per_step,
-            )
-            summary = trainer.fit()
-        metrics.plot()
-        if env.is_main:
-            plot_rewards(metrics.history(), out / "reward.png")
-    finally:
-        metrics.close()
+    summary = fit_until_stopped(
+        model,
+        grpo_objective(cfg),
+        batches,
+        trainer_cfg,
+        metrics=metrics,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        checkpointer=checkpointer,
+        state_objects={"rollouts": batches},
+        eval_fn=eval_fn,
+        export_fn=export,
+        tokens_per_step=batches.tokens_per_step,
+    )
+    if env.is_main:
+        plot_rewards(metrics.history(), out / "reward.png")
     if summary["stopped_by"] == "max_steps" and env.is_main:
         tmp = out / (DONE_FILE + ".tmp")
         tmp.write_text(

@@ -21,7 +21,8 @@ from steelforge.models.config import ModelSpec
 from steelforge.posttrain.config import PosttrainBase
 from steelforge.reporting import StageReport, console
 from steelforge.train.distributed import DistEnv, parallelize
-from steelforge.train.engine import LossOutput, Trainer, TrainerConfig
+from steelforge.train.engine import LossOutput, TrainerConfig
+from steelforge.train.trainer import fit_until_stopped
 
 # The stage whose hf/ export each stage starts from by default, in order of preference.
 PREVIOUS = {"sft": ("pretrain",), "dpo": ("sft", "pretrain")}
@@ -121,12 +122,9 @@ def export_merged_lora(peft_model: Any, tokenizer: Any, out_dir: Path, recipe_ya
 
 def stage_complete(recipe: Any, stage: str, done_file: str) -> bool:
     """True when the stage ran to its end for this very recipe (marker written after the final export)."""
-    out = recipe.stage_dir(stage)
-    try:
-        done = json.loads((out / done_file).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return done.get("recipe_hash") == recipe.fingerprint() and (out / "hf").is_dir()
+    from steelforge.stage import trained_stage_complete
+
+    return trained_stage_complete(recipe, stage, done_file)
 
 
 def warmup_steps(section: PosttrainBase, total_steps: int) -> Any:
@@ -156,7 +154,7 @@ def run_engine(
     val_every: int | None = None,
 ) -> tuple[StageReport, dict[str, Any]]:
     """Optimizer, schedule, checkpointer, metrics, export; then `Trainer.fit()` and the completion marker."""
-    from steelforge.train.checkpoint import Checkpointer, StopSignal
+    from steelforge.train.checkpoint import Checkpointer
     from steelforge.train.metrics import MetricsLogger
     from steelforge.train.optim import build_optimizer, build_scheduler
     from steelforge.train.pretrain import DeviceBatches
@@ -196,27 +194,20 @@ def run_engine(
             checkpointer.export_hf(model, tokenizer, target)
 
     metrics = MetricsLogger(out, total_steps=max_steps, is_main=env.is_main, tensorboard=section.tensorboard)
-    try:
-        with StopSignal() as stop:
-            trainer = Trainer(
-                model,
-                loss_fn,
-                DeviceBatches(loader, env.device),
-                trainer_cfg,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                checkpointer=checkpointer,
-                metrics=metrics,
-                state_objects={"loader": loader},
-                eval_fn=eval_fn,
-                export_fn=export,
-                stop_signal=stop,
-                tokens_per_step=tokens_per_step,
-            )
-            summary = trainer.fit()
-        metrics.plot()
-    finally:
-        metrics.close()
+    summary = fit_until_stopped(
+        model,
+        loss_fn,
+        DeviceBatches(loader, env.device),
+        trainer_cfg,
+        metrics=metrics,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        checkpointer=checkpointer,
+        state_objects={"loader": loader},
+        eval_fn=eval_fn,
+        export_fn=export,
+        tokens_per_step=tokens_per_step,
+    )
     if summary["stopped_by"] == "max_steps" and env.is_main:
         tmp = out / f".{done_file}.tmp"
         tmp.write_text(json.dumps({"recipe_hash": recipe.fingerprint(), "steps": summary["steps"]}), encoding="utf-8")

@@ -7,7 +7,6 @@ export at the end), `metrics.jsonl`, `curves.png`, `pretrain_done.json` (complet
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,9 @@ from steelforge.reporting import StageReport, console
 from steelforge.stage import atomic_write_json
 from steelforge.train.config import PretrainConfig
 from steelforge.train.distributed import DistEnv, init_distributed, materialize, parallelize
-from steelforge.train.engine import LossOutput, Trainer, TrainerConfig
+from steelforge.train.engine import LossOutput, TrainerConfig
 from steelforge.train.losses import linear_cross_entropy
+from steelforge.train.trainer import fit_until_stopped
 
 DONE_FILE = "pretrain_done.json"
 
@@ -393,14 +393,9 @@ def continue_from(cfg: PretrainConfig, checkpointer: Any, model: nn.Module, opti
 # ---- stage API -----------------------------------------------------------------------------------
 def pretrain_complete(recipe: Any) -> bool:
     """True when this recipe's pretraining already ran to its end (marker written after the final export)."""
-    marker = recipe.stage_dir("pretrain") / DONE_FILE
-    if not marker.is_file():
-        return False
-    try:
-        done = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return done.get("recipe_hash") == recipe.fingerprint() and (recipe.stage_dir("pretrain") / "hf").is_dir()
+    from steelforge.stage import trained_stage_complete
+
+    return trained_stage_complete(recipe, "pretrain", DONE_FILE)
 
 
 def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
@@ -411,7 +406,7 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
     """
     from steelforge.models.flops import flops_per_token
     from steelforge.tokenizers import load_tokenizer, tokenizer_fingerprint
-    from steelforge.train.checkpoint import Checkpointer, StopSignal
+    from steelforge.train.checkpoint import Checkpointer
     from steelforge.train.metrics import MetricsLogger, resolve_peak_flops
 
     cfg: PretrainConfig = recipe.pretrain
@@ -507,27 +502,20 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
     if env.is_main:
         warmup = "torch.compile of every block, then " if cfg.speed.compile else ""
         console.print(f"training: the first step includes warm-up ({warmup}allocator and kernel set-up)")
-    try:
-        with StopSignal() as stop:
-            trainer = Trainer(
-                model,
-                loss_fn,
-                DeviceBatches(loader, env.device),
-                trainer_cfg,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                checkpointer=checkpointer,
-                metrics=metrics,
-                state_objects={"loader": loader},
-                eval_fn=eval_fn,
-                export_fn=export,
-                stop_signal=stop,
-                tokens_per_step=lambda: loader.tokens_per_step,
-            )
-            summary = trainer.fit()
-        metrics.plot()
-    finally:
-        metrics.close()
+    summary = fit_until_stopped(
+        model,
+        loss_fn,
+        DeviceBatches(loader, env.device),
+        trainer_cfg,
+        metrics=metrics,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        checkpointer=checkpointer,
+        state_objects={"loader": loader},
+        eval_fn=eval_fn,
+        export_fn=export,
+        tokens_per_step=lambda: loader.tokens_per_step,
+    )
     if summary["stopped_by"] == "max_steps" and env.is_main:
         atomic_write_json(out / DONE_FILE, {"recipe_hash": recipe.fingerprint(), "steps": summary["steps"]})
     elif env.is_main:

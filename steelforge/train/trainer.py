@@ -302,3 +302,25 @@ class Trainer:
                     "TFLOP/s) is too low for this device; set pretrain.peak_tflops to its real peak[/]"
                 )
         return metrics
+
+
+def fit_until_stopped(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], Any],
+    batches: Iterable[Any],
+    cfg: TrainerConfig,
+    *,
+    metrics: Any,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """What every stage does with its objective: a `Trainer` that stops cleanly on SIGTERM/SIGINT (after a
+    checkpoint), `fit()`, the PNG curves, and the metrics files closed whatever happens."""
+    from steelforge.train.checkpoint import StopSignal
+
+    try:
+        with StopSignal() as stop:
+            summary = Trainer(model, loss_fn, batches, cfg, metrics=metrics, stop_signal=stop, **kwargs).fit()
+        metrics.plot()
+    finally:
+        metrics.close()
+    return summary
