@@ -34,6 +34,7 @@ SHORT = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # every stage of the lifecycle, twice: above the suite-wide 300 s
 def test_demo_runs_every_stage_and_reports_their_effects(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "steelforge.cli", "run", "demo", "--set", f"out_dir={out}"]
