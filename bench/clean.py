@@ -1,7 +1,7 @@
 """Cleaning throughput of Steel-LLM's text recipe against Data-Juicer and against the I/O floor, in one run.
 
     .venv/bin/python bench/clean.py [--executor local|ray] [--workers 1 2] [--repeat 3]
-        [--semantics data_juicer language_aware]
+        [--semantics data_juicer language_aware] [--shards 16 --copies 4]
 
 Runs `recipes/steel-1b/clean_text.yaml` (without `perplexity_filter`, which needs a model) on
 Steel-LLM's text samples in ../shared/data/steel_samples (SkyPile web, Chinese Wikipedia, Baidu
@@ -53,6 +53,39 @@ def text_config(samples: Path):
     process = [e for e in config.process if "perplexity_filter" not in e]
     inputs = [s.model_copy(update={"path": str(samples / Path(str(s.path)).name)}) for s in config.inputs]
     return config.model_copy(update={"inputs": inputs, "process": process})
+
+
+def sharded_config(config, out_dir: Path, shards: int, copies: int):
+    """The same sources rewritten as `shards` JSON-lines files each (round-robin), every document `copies` times.
+
+    The executors parallelise over input files, so three sample files cap any run at three busy workers;
+    real corpora come in many shards. Copy k > 0 of a document gets a line ` (k)` appended, so copies are
+    near-duplicates (the dedup operators group them) rather than exact ones.
+    """
+    import json
+
+    from steelforge.clean.io import BadRecord, iter_documents
+    from steelforge.clean.pipeline import resolve_inputs
+
+    inputs = []
+    for spec in config.inputs:
+        folder = out_dir / spec.name
+        folder.mkdir(parents=True)
+        handles = [(folder / f"part-{i:04d}.jsonl").open("w", encoding="utf-8") for i in range(shards)]
+        n = 0
+        for f in resolve_inputs(config.model_copy(update={"inputs": [spec]}), out_dir):
+            for doc in iter_documents(f.path, f.spec):
+                if isinstance(doc, BadRecord):
+                    continue
+                for k in range(copies):
+                    text = doc["text"] if k == 0 else f"{doc['text']}\n({k})"
+                    handles[n % shards].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+                    n += 1
+        for h in handles:
+            h.close()
+        inputs.append(spec.model_copy(update={"path": str(folder / "part-*.jsonl"), "text_field": "text",
+                                              "format": None, "template": None}))
+    return config.model_copy(update={"inputs": inputs})
 
 
 def cpu_seconds() -> float:
@@ -116,6 +149,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds (each: floor, segmentation, every run)")
     parser.add_argument("--semantics", nargs="+", default=["data_juicer", "language_aware"])
     parser.add_argument("--samples", type=Path, default=SAMPLES, help="folder of Steel-LLM's sample files")
+    parser.add_argument("--shards", type=int, default=0,
+                        help="rewrite each source as N JSON-lines shards first (file-parallel executors need many files)")
+    parser.add_argument("--copies", type=int, default=1, help="with --shards: each document this many times")
     args = parser.parse_args()
     if not args.samples.is_dir():
         sys.exit(f"{args.samples} is absent (it ships beside the repository as ../shared)")
@@ -126,6 +162,8 @@ def main() -> None:
     config = text_config(args.samples)
     tmp = Path(tempfile.mkdtemp(prefix="bench-clean-"))
     try:
+        if args.shards:
+            config = sharded_config(config, tmp / "shards", args.shards, args.copies)
         # warm-up: jieba's dictionary, OpenCC and regex compilation are paid once per process
         run_pipeline(config.model_copy(update={"semantics": "language_aware"}), tmp / "warm", force=True)
 

@@ -7,6 +7,7 @@ other folders that need `auto_map` code are refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -172,7 +173,10 @@ def load_model(
             path, config=config, attn_implementation=attn, dtype=torch_dtype, trust_remote_code=False
         )
     else:
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch_dtype)
+        # Fresh weights are allocated and initialised on the target device: a 7B init on a GPU takes
+        # seconds, on the CPU followed by a copy minutes.
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch_dtype)
     if device is not None:
         model = model.to(device)
     return model
