@@ -6,6 +6,8 @@ Sections (run in the order given; each prints one summary line per check):
 - `fsdp-step` (under `torchrun`): FSDP2 training steps of steel-1b at seq 2048 in bf16 with activation
   checkpointing, with the Liger fused cross-entropy and with the chunked one: s/step, tokens/s, MFU, memory;
 - `memory`: moxin-7b forward + backward at seq 4096 in bf16 with activation checkpointing: peak memory;
+- `profile` (under `torchrun`, not part of the smoke script): steel-1b's step with one switch changed at a
+  time, a dense Qwen2 of the same shape, and the top CUDA kernels of one step;
 - `resume`: `steelforge pretrain` on the device, SIGKILLed after a checkpoint and resumed, against two
   uninterrupted runs: the resumed weights must differ from the reference no more than two clean runs do.
 
@@ -160,6 +162,78 @@ def fsdp_step(tiny: bool) -> None:
     torch.distributed.destroy_process_group()
 
 
+def profile(tiny: bool) -> None:
+    """Where steel-1b's step time goes (under `torchrun`): the step with one switch changed at a time, a dense
+    Qwen2 of the same shape (no Soft-MoE) for comparison, and the top CUDA kernels of one step."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    from transformers import Qwen2Config
+
+    from steelforge.models.flops import flops_per_token
+    from steelforge.models.loading import load_model
+    from steelforge.train.config import OptimConfig, ParallelConfig, SpeedConfig
+    from steelforge.train.distributed import configure_precision, init_distributed, parallelize
+    from steelforge.train.metrics import resolve_peak_flops
+    from steelforge.train.optim import build_optimizer
+    from steelforge.train.pretrain import causal_lm_loss
+    from steelforge.train.train_module import LossFnTrainModule
+
+    parallel = ParallelConfig(data_parallel="fsdp")
+    env = init_distributed(parallel)
+    configure_precision("bf16", env.device)
+    mesh = init_device_mesh(env.device.type, (env.world_size,), mesh_dim_names=("dp_shard",))
+    steel = {"preset": "tiny-steel", "overrides": SMALL_STEEL} if tiny else {"preset": "steel-1b"}
+    seq, micro, steps = (128, 2, 3) if tiny else (2048, 4, 4)
+    peak, _ = resolve_peak_flops(env.device, torch.bfloat16)
+    cases = [
+        ("steel, AC full, liger on, liger CE", steel, "full", "on", True),
+        ("steel, AC none, liger on, chunked CE", steel, "none", "on", False),
+        ("steel, AC none, liger off, chunked CE", steel, "none", "off", False),
+    ]
+    model = load_model(steel, on_meta=True)
+    c = model.config
+    dense = Qwen2Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                        num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+                        intermediate_size=4 * c.hidden_size, tie_word_embeddings=False)
+    cases.append(("dense qwen2 same shape (ffn 4h), AC none, liger on, chunked CE", dense, "none", "on", False))
+    for label, source, ac, liger, liger_ce in cases:
+        torch.manual_seed(0)
+        model = load_model(source, dtype=torch.float32, device=env.device)
+        parallelize(model, mesh, SpeedConfig(precision="bf16", activation_checkpointing=ac, liger=liger), parallel)
+        opt = build_optimizer(model, OptimConfig(lr=3e-4))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        module = LossFnTrainModule(model, causal_lm_loss(use_liger=liger_ce and liger == "on"), opt, sched,
+                                   precision="bf16", device=env.device)
+        ids = torch.randint(0, model.config.vocab_size, (micro, seq), device=env.device)
+        batch = {"input_ids": ids, "labels": torch.roll(ids, -1, 1)}
+        times = []
+        for _ in range(steps):
+            _sync(env.device)
+            t0 = time.perf_counter()
+            module.train_batch(batch)
+            module.optim_step()
+            _sync(env.device)
+            times.append(time.perf_counter() - t0)
+        dt = min(times[1:])
+        tps = micro * seq / dt
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{label}: {params / 1e9:.2f}B params, {dt:.3f} s/step, {tps:,.0f} tokens/s, "
+              f"MFU {tps * flops_per_token(model.config, seq) / peak:.1%}", flush=True)
+        if label.startswith("steel, AC none, liger on"):
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
+            with torch_profile(activities=activities) as prof:
+                module.train_batch(batch)
+                module.optim_step()
+                _sync(env.device)
+            key = "self_cuda_time_total" if env.device.type == "cuda" else "self_cpu_time_total"
+            print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60), flush=True)
+        del model, module, opt
+        if env.device.type == "cuda":
+            torch.cuda.empty_cache()
+    torch.distributed.destroy_process_group()
+
+
 def memory(tiny: bool) -> None:
     """moxin-7b forward + backward with activation checkpointing: does a 7B step fit, and in how much."""
     from steelforge.models.loading import load_model
@@ -299,7 +373,7 @@ def resume(tiny: bool) -> None:
     assert resumed <= bound, f"resumed weights differ by {resumed:.2e}, more than clean runs do ({noise:.2e})"
 
 
-SECTIONS = {"kernels": kernels, "fsdp-step": fsdp_step, "memory": memory, "resume": resume}
+SECTIONS = {"kernels": kernels, "fsdp-step": fsdp_step, "memory": memory, "resume": resume, "profile": profile}
 
 
 def main(argv: list[str] | None = None) -> int:

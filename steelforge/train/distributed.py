@@ -16,6 +16,7 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -244,20 +245,49 @@ def _senet_forward(silu_mul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     return forward
 
 
+def _on_cuda(model: nn.Module) -> bool:
+    """Where the model's weights live or, for a meta-device model the engine materialises later, will live."""
+    param = next(model.parameters(), None)
+    if param is None:
+        return False
+    return param.device.type == "cuda" or (param.device.type == "meta" and torch.cuda.is_available())
+
+
+def _rope_by_device(fast: Callable[..., Any], plain: Callable[..., Any]) -> Callable[..., Any]:
+    """A RoPE that runs `fast` (Triton) on CUDA tensors and `plain` elsewhere.
+
+    RoPE is patched in transformers' modeling module, i.e. for the whole process; without the dispatch a
+    CPU model built later in the same process (an evaluation, a test) would hand CPU tensors to Triton.
+    """
+    if getattr(plain, "_steelforge_rope_dispatch", False):
+        plain = plain._plain  # type: ignore[attr-defined]
+
+    def rope(q: torch.Tensor, k: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return (fast if q.is_cuda else plain)(q, k, *args, **kwargs)
+
+    rope._steelforge_rope_dispatch = True  # type: ignore[attr-defined]
+    rope._plain = plain  # type: ignore[attr-defined]
+    return rope
+
+
 def apply_liger(model: nn.Module, mode: str) -> bool:
-    """Swap RMSNorm/RoPE/SwiGLU for Liger's Triton kernels on CUDA; False (PyTorch kept) otherwise.
+    """Swap RMSNorm/RoPE/SwiGLU for Liger's Triton kernels on a CUDA model; False (PyTorch kept) otherwise.
 
     Steel models get their own modules patched (`patch_steel_kernels`); other architectures go through
-    Liger's per-instance patcher.
+    Liger's per-instance patcher. A model on the CPU keeps PyTorch's kernels even where CUDA exists.
     """
     if mode == "off":
         return False
     from steelforge.train.losses import liger_available
 
-    if not liger_available():
+    if not liger_available() or not _on_cuda(model):
         if mode == "on":
-            console.print("[yellow]Liger kernels need CUDA and the 'liger-kernel' package; using PyTorch kernels[/]")
+            console.print(
+                "[yellow]Liger kernels need a model on CUDA and the 'liger-kernel' package; using PyTorch kernels[/]"
+            )
         return False
+    from transformers.models.qwen2 import modeling_qwen2
+
     if is_steel(model):
         from liger_kernel.ops.swiglu import LigerSiLUMulFunction
         from liger_kernel.transformers import LigerRMSNorm, liger_rotary_pos_emb
@@ -266,12 +296,19 @@ def apply_liger(model: nn.Module, mode: str) -> bool:
             model,
             rms_norm=lambda hidden, eps: LigerRMSNorm(hidden, eps=eps),
             silu_mul=LigerSiLUMulFunction.apply,
-            rotary=liger_rotary_pos_emb,
+            rotary=_rope_by_device(liger_rotary_pos_emb, modeling_qwen2.apply_rotary_pos_emb),
         )
         return True
+    import sys
+
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
+    module = sys.modules[type(model).__module__]
+    plain_rope = getattr(module, "apply_rotary_pos_emb", None)
     _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+    patched = getattr(module, "apply_rotary_pos_emb", None)
+    if plain_rope is not None and patched is not plain_rope:
+        module.apply_rotary_pos_emb = _rope_by_device(patched, plain_rope)
     return True
 
 

@@ -27,11 +27,12 @@ def test_gpu_smoke_sections_dry_run_on_cpu() -> None:
 
 
 @pytest.mark.distributed
-def test_gpu_smoke_fsdp_step_dry_run_under_torchrun() -> None:
+def test_gpu_smoke_fsdp_step_and_profile_dry_run_under_torchrun() -> None:
     done = _run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", str(SCRIPT), "fsdp-step",
-                "--tiny")
+                "profile", "--tiny")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "fsdp2 bf16 seq 128" in done.stdout and "tokens/s" in done.stdout
+    assert "dense qwen2 same shape" in done.stdout and "-- profile: ok" in done.stdout
 
 
 def test_gpu_smoke_refuses_without_cuda_unless_tiny() -> None:

@@ -14,19 +14,20 @@ from steelforge.train.pretrain import causal_lm_loss
 BATCH = next(patterned_batches(micro=2, seq=16, ignore_frac=0.2))
 
 
-def _loss_and_grads(layers: int = 2, precision: str = "fp32", loss: str = "chunked", **speed):
+def _loss_and_grads(layers: int = 2, precision: str = "fp32", loss: str = "chunked", device: str = "cpu", **speed):
     torch.manual_seed(0)
-    model = tiny_qwen2(layers=layers)
+    model = tiny_qwen2(layers=layers).to(device)
     cfg = SpeedConfig(precision=precision, loss=loss, loss_chunk_tokens=7, **speed)
     parallelize(model, None, cfg, ParallelConfig())
     loss_fn = causal_lm_loss(mode=loss, chunk_tokens=7)
-    with autocast_context(model, precision, torch.device("cpu")):
-        out = loss_fn(model, BATCH)
+    batch = {k: v.to(device) for k, v in BATCH.items()}
+    with autocast_context(model, precision, torch.device(device)):
+        out = loss_fn(model, batch)
     mean = out.loss_sum / out.num_tokens
     mean.backward()
-    grads = {n.replace("._checkpoint_wrapped_module", "").replace("._orig_mod", ""): p.grad.clone()
+    grads = {n.replace("._checkpoint_wrapped_module", "").replace("._orig_mod", ""): p.grad.detach().cpu().clone()
              for n, p in model.named_parameters()}
-    return mean.detach(), grads
+    return mean.detach().cpu(), grads
 
 
 def _assert_same(a, b, **tol) -> None:
@@ -77,11 +78,38 @@ def test_compile_per_block_close(plain, backend: str) -> None:
     _assert_same(compiled, plain, rtol=1e-4, atol=1e-5)
 
 
-def test_liger_switch_falls_back_without_cuda() -> None:
+def test_liger_switch_keeps_pytorch_kernels_off_cuda() -> None:
+    """A CPU model keeps PyTorch's kernels even on a machine with CUDA and Liger (no Triton on CPU tensors)."""
     model = tiny_qwen2()
-    assert apply_liger(model, "on") is liger_available()
+    assert apply_liger(model, "on") is False
+    assert apply_liger(model, "auto") is False
+
+
+def test_rope_dispatch_runs_the_plain_kernel_on_cpu_tensors() -> None:
+    """The process-wide RoPE patch sends CPU tensors to the plain kernel and unwraps instead of nesting."""
+    from steelforge.train.distributed import _rope_by_device
+
+    calls = []
+
+    def fast(q, k, *a, **kw):
+        calls.append("fast")
+        return q, k
+
+    def plain(q, k, *a, **kw):
+        calls.append("plain")
+        return q, k
+
+    rope = _rope_by_device(fast, plain)
+    again = _rope_by_device(fast, rope)  # patching twice wraps the plain kernel, not the first wrapper
+    q = torch.zeros(1, 2, 3, 4)
+    again(q, q, None, None)
+    assert calls == ["plain"] and again._plain is plain
 
 
 @pytest.mark.skipif(not liger_available(), reason="Liger kernels need CUDA and the liger-kernel package")
-def test_liger_kernels_close(plain) -> None:  # pragma: no cover - CUDA only
-    _assert_same(_loss_and_grads(liger="on"), plain, rtol=1e-3, atol=1e-4)
+def test_liger_kernels_close() -> None:  # pragma: no cover - CUDA only
+    plain_cuda = _loss_and_grads(device="cuda", liger="off")
+    _assert_same(_loss_and_grads(device="cuda", liger="on"), plain_cuda, rtol=1e-3, atol=1e-4)
+    # The RoPE patch is process-wide: a CPU model built afterwards still runs (plain kernels).
+    _assert_same(_loss_and_grads(device="cpu", liger="auto"), _loss_and_grads(device="cpu", liger="off"),
+                 rtol=0, atol=0)
