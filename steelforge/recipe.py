@@ -98,8 +98,23 @@ class Recipe(StrictModel):
         return [s for s in STAGES if getattr(self, s) is not None]
 
     def fingerprint(self) -> str:
-        """A short hash of the resolved recipe, stored next to outputs and checkpoints."""
+        """A short hash of the whole resolved recipe (`steelforge validate` prints it)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def stage_fingerprint(self, stage: str) -> str:
+        """A short hash of what `stage`'s output depends on, stored in its completion marker and checkpoints.
+
+        That is the recipe-wide settings (seed, tokenizer, model, ...), the stage's own section and every earlier
+        stage's section (their outputs are its inputs, directly or not); later stages are left out, so adding or
+        editing `eval:` or `report:` does not re-run a finished training stage, while a changed `pretrain:`
+        re-runs everything after it.
+        """
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        later = set(STAGES[STAGES.index(stage) + 1 :])
+        dump = {k: v for k, v in self.model_dump(mode="json").items() if k not in later}
+        blob = json.dumps({"stage": stage, "recipe": dump}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_yaml(self) -> str:

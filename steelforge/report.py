@@ -501,9 +501,10 @@ def render(findings: dict[str, Any], root: Path) -> str:
 
 
 # ---- the stage --------------------------------------------------------------------------------------
-def _inputs_signature(recipe: Any) -> dict[str, float]:
-    """mtime of every earlier stage's completion marker: the report is stale when any stage ran again."""
-    sig = {}
+def _inputs_signature(recipe: Any) -> dict[str, Any]:
+    """mtime of every earlier stage's completion marker (the report is stale when any stage ran again) and the
+    report's own settings."""
+    sig: dict[str, Any] = {"recipe": recipe.stage_fingerprint("report")}
     for stage, name in STAGE_DONE_FILES.items():
         if getattr(recipe, stage, None) is not None:
             marker = recipe.stage_dir(stage) / name

@@ -228,11 +228,11 @@ __all__ = [
 
 
 def trained_stage_complete(recipe: Any, stage: str, done_file: str) -> bool:
-    """True when a training stage ran to its end for this very recipe: its marker (written after the final
-    export) names the recipe's fingerprint and the `hf/` export exists."""
+    """True when a training stage ran to its end for this recipe: its marker (written after the final export)
+    names the stage's fingerprint (`Recipe.stage_fingerprint`: later stages' sections left out) and `hf/` exists."""
     out = recipe.stage_dir(stage)
     try:
         done = json.loads((out / done_file).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    return done.get("recipe_hash") == recipe.fingerprint() and (out / "hf").is_dir()
+    return done.get("recipe_hash") == recipe.stage_fingerprint(stage) and (out / "hf").is_dir()

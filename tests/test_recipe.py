@@ -118,3 +118,24 @@ def test_override_reaches_into_lists() -> None:
     assert raw["data"]["process"] == [{"a_op": {"y": 2}}, {"b_op": {"x": 5}}]
     with pytest.raises(RecipeError, match=r"is a list of 2 items; index it with 0..1"):
         apply_overrides(raw, ["data.process.7.b_op.x=1"])
+
+
+def test_stage_fingerprint_ignores_later_stages_and_follows_earlier_ones(tmp_path: Path) -> None:
+    """Adding `eval:` must not re-run a finished pretraining; changing `pretrain:` must re-run SFT."""
+    base = (
+        "name: t\nmodel: {preset: tiny-steel}\n"
+        "pretrain: {max_steps: 10, stores: [s]}\n"
+        "sft: {datasets: [{path: a.jsonl}]}\n"
+    )
+    a = load_recipe(write(tmp_path, base))
+    with_eval = load_recipe(write(tmp_path, base + "eval: {models: {m: x}, tasks: [cmmlu], data_dir: d}\n"))
+    longer = load_recipe(write(tmp_path, base.replace("max_steps: 10", "max_steps: 20")))
+    other_seed = load_recipe(write(tmp_path, base + "seed: 7\n"))
+    assert a.stage_fingerprint("pretrain") == with_eval.stage_fingerprint("pretrain")
+    assert a.stage_fingerprint("sft") == with_eval.stage_fingerprint("sft")
+    assert a.stage_fingerprint("pretrain") != longer.stage_fingerprint("pretrain")
+    assert a.stage_fingerprint("sft") != longer.stage_fingerprint("sft")  # its input model changes
+    assert a.stage_fingerprint("pretrain") != other_seed.stage_fingerprint("pretrain")
+    assert a.stage_fingerprint("pretrain") != a.stage_fingerprint("sft")
+    with pytest.raises(ValueError, match="unknown stage"):
+        a.stage_fingerprint("nope")

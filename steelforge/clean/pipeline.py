@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import bisect
 import glob
-import hashlib
 import json
 import os
 import pickle
@@ -63,6 +62,15 @@ from steelforge.clean.io import BadRecord, ReadPosition, ShardWriter, iter_docum
 from steelforge.clean.ops.base import Deduplicator, Filter, Mapper, Op, build_op
 from steelforge.errors import DataError, SteelforgeError
 from steelforge.reporting import StageReport, console, make_progress, print_table
+from steelforge.stage import (
+    StageMarker,
+    atomic_write_json,
+    atomic_write_text,
+    changed_keys,
+    describe_changes,
+    digest,
+    files_fingerprint,
+)
 
 SUCCESS = "_SUCCESS"
 # Settings that change how fast, not what: left out of the fingerprint.
@@ -348,17 +356,20 @@ def materialise_synthetic(config: CleanConfig, raw_dir: Path) -> None:
         write_corpus(path, spec.synthetic.num_docs, spec.synthetic.seed)
 
 
+def made_from(config: CleanConfig, files: list[InputFile]) -> dict[str, Any]:
+    """What determines the output: operators, sources, shard sizes and the input files' fingerprint (path,
+    size, mtime; `stage.files_fingerprint`). Generated inputs count by their name (seed and size)."""
+    generated = sorted(f.path.name for f in files if f.spec.synthetic is not None)
+    read = [f.path for f in files if f.spec.synthetic is None]
+    return {
+        "config": config.model_dump(mode="json", exclude=_RUNTIME_FIELDS),
+        "files": {"generated": generated, "read": files_fingerprint(read)},
+    }
+
+
 def fingerprint(config: CleanConfig, files: list[InputFile]) -> str:
-    """Hash of what determines the output: operators, sources, shard sizes and the input files' size/mtime."""
-    listing = []
-    for f in files:
-        if f.spec.synthetic is not None:
-            listing.append([f.path.name, "synthetic"])
-        else:
-            st = f.path.stat()
-            listing.append([str(f.path), st.st_size, st.st_mtime_ns])
-    blob = {"config": config.model_dump(mode="json", exclude=_RUNTIME_FIELDS), "files": listing}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short hash of `made_from` (kept in the completion marker and in `work/fingerprint`)."""
+    return digest(made_from(config, files))
 
 
 # ---- the driver ------------------------------------------------------------------------------------
@@ -411,9 +422,7 @@ def _write_pickle(path: Path, data: Any) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, json.loads(json.dumps(data, default=str)))
 
 
 def _batches(items: Iterable[tuple[dict[str, Any], str | None]], size: int) -> Iterator[list]:
@@ -676,9 +685,11 @@ def reconcile(
     trace: int,
     fp: str,
     seconds: float,
+    current_made_from: dict[str, Any] | None = None,
 ) -> CleanResult:
     """Reconciliation: sum the per-file stats of every piece, check that every document read was kept or
-    rejected, merge the errors, write `stats.json` and the success marker."""
+    rejected, merge the errors, write `stats.json` and the success marker (`stage.StageMarker`: what the
+    output was made from, its fingerprint and the counts)."""
     op_stats = [OpStats(op.name, op.kind) for op in ops]
     docs_in = kept = rejected = errors = chars_in = chars_out = 0
     traces: dict[str, list[dict[str, str]]] = {}
@@ -724,18 +735,25 @@ def reconcile(
     for piece in pieces[:-1]:  # intermediate survivors are no longer needed
         for path in layout.piece_dir(piece.index).glob("*-[0-9][0-9][0-9][0-9][0-9].jsonl.zst"):
             path.unlink()
-    _write_json(layout.success, {"fingerprint": fp, "kept": kept, "rejected": rejected, "errors": errors})
+    StageMarker(layout.success, "data").write(
+        current_made_from or {"fingerprint": fp}, fingerprint=fp, kept=kept, rejected=rejected, errors=errors
+    )
     return result
 
 
 def is_complete(out_dir: Path, fp: str) -> bool:
-    marker = Path(out_dir) / SUCCESS
-    if not marker.exists():
-        return False
-    try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") == fp
-    except (OSError, ValueError):
-        return False
+    raw = StageMarker(Path(out_dir) / SUCCESS, "data").read()
+    return raw is not None and raw.get("fingerprint") == fp
+
+
+def _say_why_rerun(out_dir: Path, current: dict[str, Any]) -> None:
+    """One line naming what changed since the last complete cleaning run in `out_dir` (none: first run)."""
+    raw = StageMarker(Path(out_dir) / SUCCESS, "data").read()
+    if raw is None or not isinstance(raw.get("made_from"), dict):
+        return
+    keys = changed_keys(raw["made_from"], current)
+    if keys:
+        console.print(f"cleaning runs again: {describe_changes(raw['made_from'], current, keys)}", markup=False)
 
 
 def run_pipeline(
@@ -753,17 +771,20 @@ def run_pipeline(
     raw_dir = Path(raw_dir) if raw_dir is not None else out_dir / "raw"
     materialise_synthetic(config, raw_dir)
     files = resolve_inputs(config, raw_dir)
-    fp = fingerprint(config, files)
+    current = made_from(config, files)
+    fp = digest(current)
     layout = _Layout(out_dir)
     if not force and is_complete(out_dir, fp):
         result = CleanResult.from_json(json.loads(layout.stats.read_text(encoding="utf-8")), out_dir)
         result.skipped = True
         return result
+    if not force:
+        _say_why_rerun(out_dir, current)
     fp_file = layout.work / "fingerprint"
     if force or not fp_file.exists() or fp_file.read_text().strip() != fp:
         layout.wipe()  # different recipe or inputs: nothing from an earlier run can be reused
     layout.work.mkdir(parents=True, exist_ok=True)
-    fp_file.write_text(fp)
+    atomic_write_text(fp_file, fp)
     start = time.perf_counter()
     pool = make_executor(executor or config.executor, num_workers or config.num_workers)
     run = _Run(config, out_dir, pool, max(trace, config.trace), files)
@@ -772,7 +793,7 @@ def run_pipeline(
             run.run_piece(piece, progress)
             if piece.signer is not None:
                 resolve_duplicates(run.layout, files, piece)
-    return reconcile(run.layout, run.ops, run.pieces, files, run.trace, fp, time.perf_counter() - start)
+    return reconcile(run.layout, run.ops, run.pieces, files, run.trace, fp, time.perf_counter() - start, current)
 
 
 # ---- reporting and the stage API ------------------------------------------------------------------

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from steelforge.errors import RecipeError
 from steelforge.reporting import StageReport, console
+from steelforge.stage import atomic_write_json, atomic_write_text
 
 DONE_FILE = "eval_done.json"
 
@@ -27,7 +27,7 @@ def _models(recipe: Any) -> dict[str, Path]:
 def eval_complete(recipe: Any) -> bool:
     marker = recipe.stage_dir("eval") / DONE_FILE
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("recipe_hash") == recipe.fingerprint()
+        return json.loads(marker.read_text(encoding="utf-8")).get("recipe_hash") == recipe.stage_fingerprint("eval")
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -63,12 +63,8 @@ def run_eval_stage(recipe: Any) -> StageReport:
     table = comparison_table(results)
     console.print(table, markup=False, soft_wrap=True)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{DONE_FILE}.tmp"
-    (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
-    tmp.write_text(
-        json.dumps({"recipe_hash": recipe.fingerprint(), "models": list(results)}), encoding="utf-8"
-    )
-    os.replace(tmp, out / DONE_FILE)
+    atomic_write_text(out / "comparison.md", table + "\n")
+    atomic_write_json(out / DONE_FILE, {"recipe_hash": recipe.stage_fingerprint("eval"), "models": list(results)})
     report = StageReport(stage="eval")
     for name, res in results.items():
         for task, r in res["tasks"].items():

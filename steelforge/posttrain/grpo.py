@@ -16,7 +16,6 @@ the loss formulas are `steelforge.posttrain.losses.grpo_loss` (shared with the T
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 from collections import Counter
@@ -35,6 +34,7 @@ from steelforge.posttrain.prompts import PromptExample, PromptSet
 from steelforge.posttrain.rewards import resolve_reward
 from steelforge.posttrain.rollout import RolloutBackend, SamplingSettings
 from steelforge.reporting import StageReport, console
+from steelforge.stage import atomic_write_json
 from steelforge.train.engine import LossOutput
 
 logger = logging.getLogger("steelforge.grpo")
@@ -513,7 +513,7 @@ def run_grpo(recipe: Any) -> StageReport:
         keep_last=cfg.checkpoint.keep_last,
         keep_every=cfg.checkpoint.keep_every,
         recipe_yaml=recipe.to_yaml(),
-        recipe_hash=recipe.fingerprint(),
+        recipe_hash=recipe.stage_fingerprint("grpo"),
     )
     rows_per_step = cfg.per_device_batch_size * cfg.grad_accum * env.world_size
     trainer_cfg = TrainerConfig(
@@ -558,11 +558,7 @@ def run_grpo(recipe: Any) -> StageReport:
     if env.is_main:
         plot_rewards(metrics.history(), out / "reward.png")
     if summary["stopped_by"] == "max_steps" and env.is_main:
-        tmp = out / (DONE_FILE + ".tmp")
-        tmp.write_text(
-            json.dumps({"recipe_hash": recipe.fingerprint(), "steps": summary["steps"]}), encoding="utf-8"
-        )
-        tmp.replace(out / DONE_FILE)
+        atomic_write_json(out / DONE_FILE, {"recipe_hash": recipe.stage_fingerprint("grpo"), "steps": summary["steps"]})
     elif env.is_main:
         console.print(
             f"stopped by a signal at step {summary['steps']:,}; the checkpoint is saved, rerun to resume"

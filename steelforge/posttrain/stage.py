@@ -6,7 +6,6 @@ export); the training loop itself is the shared `Trainer`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from steelforge.errors import DataError, RecipeError
 from steelforge.models.config import ModelSpec
 from steelforge.posttrain.config import PosttrainBase
 from steelforge.reporting import StageReport, console
+from steelforge.stage import atomic_write_json
 from steelforge.train.distributed import DistEnv, parallelize
 from steelforge.train.engine import LossOutput, TrainerConfig
 from steelforge.train.trainer import fit_until_stopped
@@ -168,7 +168,7 @@ def run_engine(
         keep_last=section.checkpoint.keep_last,
         keep_every=section.checkpoint.keep_every,
         recipe_yaml=recipe.to_yaml(),
-        recipe_hash=recipe.fingerprint(),
+        recipe_hash=recipe.stage_fingerprint(stage),
     )
     trainer_cfg = TrainerConfig(
         max_steps=max_steps,
@@ -209,9 +209,7 @@ def run_engine(
         tokens_per_step=tokens_per_step,
     )
     if summary["stopped_by"] == "max_steps" and env.is_main:
-        tmp = out / f".{done_file}.tmp"
-        tmp.write_text(json.dumps({"recipe_hash": recipe.fingerprint(), "steps": summary["steps"]}), encoding="utf-8")
-        os.replace(tmp, out / done_file)
+        atomic_write_json(out / done_file, {"recipe_hash": recipe.stage_fingerprint(stage), "steps": summary["steps"]})
     elif env.is_main:
         console.print(f"stopped by a signal at step {summary['steps']:,}; the checkpoint is saved, rerun to resume")
 

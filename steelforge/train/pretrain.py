@@ -448,7 +448,7 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
         keep_last=cfg.checkpoint.keep_last,
         keep_every=cfg.checkpoint.keep_every,
         recipe_yaml=recipe.to_yaml(),
-        recipe_hash=recipe.fingerprint(),
+        recipe_hash=recipe.stage_fingerprint("pretrain"),
     )
     resume_path, current = choose_resume(checkpointer, recipe, cfg, current, stores, env)
     checkpointer.made_from = current
@@ -458,7 +458,7 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
             # A finished run: a resume that trains 0 steps must not rewrite its export.
             if env.is_main:
                 console.print(f"pretraining already reached step {done_step:,} in {resume_path}; nothing to train")
-                atomic_write_json(out / DONE_FILE, {"recipe_hash": recipe.fingerprint(), "steps": done_step})
+                atomic_write_json(out / DONE_FILE, {"recipe_hash": recipe.stage_fingerprint("pretrain"), "steps": done_step})
             report = StageReport(stage="pretrain", skipped=True)
             report.add("already trained to step", done_step)
             report.outputs["hf"] = out / "hf"
@@ -517,7 +517,7 @@ def run_pretrain(recipe: Any, *, force_new_run: bool = False) -> StageReport:
         tokens_per_step=lambda: loader.tokens_per_step,
     )
     if summary["stopped_by"] == "max_steps" and env.is_main:
-        atomic_write_json(out / DONE_FILE, {"recipe_hash": recipe.fingerprint(), "steps": summary["steps"]})
+        atomic_write_json(out / DONE_FILE, {"recipe_hash": recipe.stage_fingerprint("pretrain"), "steps": summary["steps"]})
     elif env.is_main:
         console.print(f"stopped by a signal at step {summary['steps']:,}; the checkpoint is saved, rerun to resume")
 

@@ -178,6 +178,23 @@ def test_rerun_is_a_no_op_and_a_changed_recipe_is_not(tmp_path: Path) -> None:
     assert not changed.skipped and changed.kept == 4
 
 
+def test_completion_marker_records_what_the_output_was_made_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The `_SUCCESS` marker is a `stage.StageMarker`; a re-run after an edit names what changed."""
+    sample_inputs(tmp_path)
+    run_pipeline(config_for(tmp_path), tmp_path / "out")
+    marker = json.loads((tmp_path / "out" / "_SUCCESS").read_text(encoding="utf-8"))
+    assert marker["stage"] == "data" and marker["kept"] + marker["rejected"] + marker["errors"] == 9
+    assert set(marker["made_from"]) == {"config", "files"}
+    capsys.readouterr()
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": "b9", "text": "a brand new document"}])
+    run_pipeline(config_for(tmp_path), tmp_path / "out")
+    assert "cleaning runs again: files.read" in "".join(capsys.readouterr())
+    run_pipeline(config_for(tmp_path, process=PROCESS[:2]), tmp_path / "out")
+    assert "cleaning runs again: config.process" in "".join(capsys.readouterr())
+
+
 def test_stage_api_runs_a_recipe_and_reports_completion(tmp_path: Path) -> None:
     sample_inputs(tmp_path)
     recipe = recipe_from_dict(
